@@ -1,0 +1,5 @@
+import sys
+
+from cmrfm.cli import main
+
+sys.exit(main())

@@ -1,0 +1,60 @@
+from dataclasses import dataclass, field
+
+import pytest
+
+from cmrfm.config import build_config, parse_overrides, to_dict
+from cmrfm.errors import ConfigError
+
+
+@dataclass
+class Optim:
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+@dataclass
+class Run:
+    name: str = "x"
+    steps: int = 10
+    amp: bool = False
+    sources: list[str] = field(default_factory=list)
+    optim: Optim = field(default_factory=Optim)
+    out: str | None = None
+
+
+def test_overrides_typed_and_nested(tmp_path):
+    yml = tmp_path / "a.yaml"
+    yml.write_text("steps: 20\noptim:\n  lr: 0.01\n")
+    cfg = build_config(Run, [yml], ["optim.lr=3e-4", "amp=true", "sources=[a,b]", "optim.betas=0.8,0.9"])
+    assert cfg.steps == 20 and cfg.optim.lr == pytest.approx(3e-4) and cfg.amp is True
+    assert cfg.sources == ["a", "b"] and cfg.optim.betas == (0.8, 0.9)
+    assert to_dict(cfg)["optim"]["lr"] == pytest.approx(3e-4)
+
+
+def test_base_file_inheritance(tmp_path):
+    (tmp_path / "base.yaml").write_text("steps: 5\nname: base\n")
+    (tmp_path / "child.yaml").write_text("_base_: base.yaml\nname: child\n")
+    cfg = build_config(Run, [tmp_path / "child.yaml"])
+    assert (cfg.steps, cfg.name) == (5, "child")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("stepz=3", "unknown config key 'stepz'"),
+        ("optim.lrr=3", "unknown config key 'optim.lrr'"),
+        ("steps=abc", "steps"),
+        ("amp=maybe", "amp"),
+        ("justakey", "key=value"),
+    ],
+)
+def test_bad_overrides_are_clear(override, message):
+    with pytest.raises(ConfigError, match=message):
+        build_config(Run, [], [override])
+
+
+def test_none_and_missing_file(tmp_path):
+    assert build_config(Run, [], ["out=none"]).out is None
+    with pytest.raises(ConfigError, match="not found"):
+        build_config(Run, [tmp_path / "nope.yaml"])
+    assert parse_overrides(["a.b=1"]) == {"a": {"b": 1}}
