@@ -1,0 +1,55 @@
+"""``cmrfm data ...``: inspect studies, prepare learning caches, write pretraining shards."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+data_app = typer.Typer(help="Read, inspect and prepare CMR data.", no_args_is_help=True)
+
+
+@data_app.command("inspect")
+def inspect(
+    path: Path = typer.Argument(
+        ..., help="A NIfTI/DICOM file, a patient folder, a DICOM folder or a dataset root."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
+) -> None:
+    """Describe every series of the study (or studies) at PATH: shape, spacing, sequence, view, labels."""
+    from cmrfm.io.loader import load_studies
+
+    results = load_studies(path)
+    summaries = [r.study.summary() for r in results if r.study is not None]
+    failures = [{"source": r.source, "error": r.error} for r in results if r.error is not None]
+    if as_json:
+        typer.echo(json.dumps({"studies": summaries, "failures": failures}, indent=2, default=str))
+    else:
+        from cmrfm.cli.display import print_study_tables
+
+        print_study_tables(summaries, failures)
+    if failures:
+        raise typer.Exit(1)
+
+
+@data_app.command("prepare")
+def prepare(
+    name: str = typer.Argument(..., help="Dataset adapter: acdc, mnms, emidec, sunnybrook, folder, ..."),
+    root: Path = typer.Option(..., "--root", help="Dataset root folder."),
+    out: Path = typer.Option(..., "--out", help="Output cache folder (created; refuses to overwrite)."),
+    overrides: list[str] = typer.Argument(None, help="Preprocessing overrides as key=value."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing cache at OUT."),
+) -> None:
+    """Preprocess a dataset into a cache of 2D slices/frames with a manifest."""
+    from cmrfm.data.prepare import prepare_dataset
+
+    report = prepare_dataset(name, root, out, overrides=overrides or [], overwrite=overwrite)
+    typer.echo(report.describe())
+    if report.failures:
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    """Adds the ``data`` group to the root app."""
+    app.add_typer(data_app, name="data")
