@@ -1,0 +1,56 @@
+import numpy as np
+import pytest
+
+from cmrfm import metrics as M
+
+
+def test_dice_hand_computed():
+    a = np.zeros((4, 4), int)
+    b = np.zeros((4, 4), int)
+    a[0, :2] = 1  # 2 pixels
+    b[0, 1:4] = 1  # 3 pixels, 1 overlap
+    assert M.dice(a, b, 1) == pytest.approx(2 * 1 / 5)
+    assert M.dice(a, b, 2) == 1.0  # both empty
+    assert M.dice(a, np.zeros_like(a), 1) == 0.0
+    assert M.dice(a, b, (1, 2)) == pytest.approx(0.4)
+
+
+def test_surface_distances_in_mm():
+    ref = np.zeros((20, 20), bool)
+    ref[5:15, 5:15] = True
+    pred = np.roll(ref, 2, axis=0)  # shifted 2 pixels along axis 0
+    # spacing 1.5 mm along axis 0: the boundaries are 2 * 1.5 = 3 mm apart at most
+    assert M.hd95(pred.astype(int), ref.astype(int), 1, (1.5, 1.0)) == pytest.approx(3.0)
+    assert M.hd95(ref.astype(int), ref.astype(int), 1, (1.5, 1.0)) == 0.0
+    assert 0 < M.assd(pred.astype(int), ref.astype(int), 1, (1.5, 1.0)) < 3.0
+    assert np.isnan(M.hd95(np.zeros((5, 5), int), ref[:5, :5].astype(int), 1, (1, 1)))
+
+
+def test_classification_hand_computed():
+    y = [0, 0, 1, 1, 2, 2]
+    pred = [0, 1, 1, 1, 2, 0]
+    assert M.accuracy(y, pred) == pytest.approx(4 / 6)
+    assert M.balanced_accuracy(y, pred, 3) == pytest.approx((0.5 + 1 + 0.5) / 3)
+    # F1: class0 tp1 fp1 fn1 -> 0.5; class1 tp2 fp1 fn0 -> 0.8; class2 tp1 fp0 fn1 -> 2/3
+    assert M.macro_f1(y, pred, 3) == pytest.approx((0.5 + 0.8 + 2 / 3) / 3)
+    # kappa: po = 4/6, pe = sum(row*col)/36 = (2*2 + 2*3 + 2*1)/36 = 12/36
+    assert M.cohen_kappa(y, pred, 3) == pytest.approx((4 / 6 - 1 / 3) / (1 - 1 / 3))
+    assert M.cohen_kappa(y, y, 3, "quadratic") == 1.0
+
+
+def test_auroc_matches_pairwise_definition():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 50)
+    s = rng.random(50)
+    s[:5] = 0.5  # ties
+    pairs = [(1.0 if sp > sn else 0.5 if sp == sn else 0.0) for sp in s[y == 1] for sn in s[y == 0]]
+    assert M.auroc(y, s) == pytest.approx(np.mean(pairs))
+    probs = np.eye(3)[[0, 1, 2, 0]]
+    assert M.auroc([0, 1, 2, 0], probs) == 1.0
+
+
+def test_bootstrap_interval_contains_mean():
+    values = np.random.default_rng(1).normal(0.8, 0.05, 100)
+    est, lo, hi = M.mean_ci(values, n_resamples=300)
+    assert lo < est < hi and est == pytest.approx(values.mean())
+    assert hi - lo < 0.05
