@@ -1,0 +1,355 @@
+"""Shared behaviour of the three task kinds; each clinical task subclasses one and adds its data.
+
+* :class:`SegmentationTask`: UNETR-like decoder, cross-entropy + soft Dice with deep supervision;
+  evaluation rebuilds each subject's volumes from its slices and scores Dice/HD95/ASSD in mm.
+* :class:`ClassificationTask`: image-level (one image per item) or study-level (a padded set of
+  images per item pooled by gated attention, optionally with extra per-study features).
+* :class:`LandmarkTask`: heatmaps with soft-argmax, L1 loss in mm, error in mm.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from cmrfm import metrics
+from cmrfm.models.heads import AttentionPool, ClassificationHead, LandmarkHead, SegmentationDecoder
+from cmrfm.models.vit import standardize
+from cmrfm.tasks.base import EvalResult, Task, TaskModel, pad_set_collate
+
+#: Bootstrap resamples for evaluation intervals.
+BOOTSTRAP_RESAMPLES = 1000
+
+
+@dataclass
+class SegmentationConfig:
+    """Loss settings of segmentation tasks.
+
+    Attributes:
+        dice_weight: Weight of the soft Dice term.
+        ce_weight: Weight of the cross-entropy term.
+        deep_supervision: Weight of each coarser decoder stage's loss (0 disables).
+        image_size: Side of the square training crops.
+    """
+
+    dice_weight: float = 1.0
+    ce_weight: float = 1.0
+    deep_supervision: float = 0.3
+    image_size: int = 128
+
+
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """1 − mean soft Dice over foreground classes; ``logits`` ``(B, C, H, W)``, ``target`` ``(B, H, W)``."""
+    probs = torch.softmax(logits.float(), dim=1)
+    onehot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).float()  # (B, C, H, W)
+    dims = (0, 2, 3)
+    inter = (probs * onehot).sum(dims)
+    denom = probs.sum(dims) + onehot.sum(dims)
+    dice = (2 * inter + eps) / (denom + eps)  # (C,)
+    return 1 - dice[1:].mean()
+
+
+def _backbone_features(backbone: nn.Module, images: torch.Tensor):
+    return backbone.forward_features(standardize(images))
+
+
+class SegmentationTask(Task):
+    """Base of the segmentation tasks; ``info.classes`` lists background first.
+
+    Items: ``image`` ``(1, H, W)``, ``mask`` ``(H, W)`` long, ``subject`` str, ``volume`` str (which
+    3D volume the slice belongs to, e.g. ``"patient001/ED"``), ``slice`` int, ``spacing`` ``(3,)``
+    mm (x, y, slice spacing).
+    """
+
+    config_cls = SegmentationConfig
+
+    def build_head(self, embed_dim: int, num_levels: int, patch_size: int) -> nn.Module:
+        """UNETR-like decoder with one output channel per class."""
+        return SegmentationDecoder(embed_dim, num_levels, patch_size, len(self.info.classes))
+
+    def forward(self, backbone: nn.Module, head: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Final and per-stage logits."""
+        image = batch["image"]
+        features = _backbone_features(backbone, image)
+        out = head(features.levels, standardize(image))
+        return {"logits": out.logits, "stage_logits": out.stage_logits}
+
+    def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> torch.Tensor:
+        """CE + soft Dice on the final logits, plus down-weighted deep supervision."""
+        cfg = self.config
+        target = batch["mask"].long()
+        total = self._seg_loss(outputs["logits"], target)
+        if cfg.deep_supervision > 0:
+            for logits in outputs["stage_logits"][:-1]:
+                small = F.interpolate(target[:, None].float(), size=logits.shape[-2:], mode="nearest")
+                total = total + cfg.deep_supervision * self._seg_loss(logits, small[:, 0].long())
+        return total
+
+    def _seg_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        ce = F.cross_entropy(logits.float(), target)
+        return cfg.ce_weight * ce + cfg.dice_weight * soft_dice_loss(logits, target)
+
+    @torch.no_grad()
+    def predict_masks(self, model: TaskModel, dataset: Dataset, batch_size: int = 16) -> list[dict[str, Any]]:
+        """Predicted masks per item: ``subject``, ``volume``, ``slice``, ``pred``, ``ref``, ``spacing``."""
+        model.eval()
+        rows = []
+        loader = DataLoader(dataset, batch_size=batch_size, collate_fn=self.collate)
+        for batch in loader:
+            pred = model(batch)["logits"].argmax(dim=1).cpu().numpy().astype(np.uint8)
+            for i in range(pred.shape[0]):
+                rows.append(
+                    {
+                        "subject": batch["subject"][i],
+                        "volume": batch["volume"][i],
+                        "slice": int(batch["slice"][i]),
+                        "pred": pred[i],
+                        "ref": batch["mask"][i].numpy().astype(np.uint8),
+                        "spacing": batch["spacing"][i].numpy(),
+                    }
+                )
+        return rows
+
+    def evaluate(self, model: TaskModel, dataset: Dataset, batch_size: int = 16) -> EvalResult:
+        """Dice/HD95/ASSD per structure on each rebuilt volume; means with bootstrap CIs over subjects."""
+        rows = self.predict_masks(model, dataset, batch_size)
+        volumes: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for row in rows:
+            volumes[row["volume"]].append(row)
+        structures = {i: name for i, name in enumerate(self.info.classes) if i > 0}
+        per_volume = []
+        for key, slices in volumes.items():
+            slices.sort(key=lambda r: r["slice"])
+            pred = np.stack([r["pred"] for r in slices], axis=-1)  # (H, W, Z)
+            ref = np.stack([r["ref"] for r in slices], axis=-1)  # (H, W, Z)
+            sx, sy, sz = (float(v) for v in slices[0]["spacing"])
+            # items are (H, W) = (rows, columns): row spacing is y, column spacing is x
+            scores = metrics.segmentation_scores(pred, ref, structures, (sy, sx, sz))
+            scores["dice_mean"] = float(np.mean([scores[f"dice_{n}"] for n in structures.values()]))
+            per_volume.append({"subject": slices[0]["subject"], "volume": key, **scores})
+        return summarise_rows(per_volume, primary="dice_mean")
+
+
+def summarise_rows(rows: list[dict[str, Any]], primary: str) -> EvalResult:
+    """Means of numeric columns over rows, bootstrap CIs over subjects for the primary metric."""
+    if not rows:
+        return EvalResult(metrics={primary: float("nan")})
+    keys = [k for k, v in rows[0].items() if isinstance(v, float | int) and not isinstance(v, bool)]
+    result = {k: float(np.nanmean([r[k] for r in rows])) for k in keys}
+    by_subject: dict[str, list[float]] = defaultdict(list)
+    for r in rows:
+        by_subject[r["subject"]].append(r[primary])
+    subject_means = np.array([np.nanmean(v) for v in by_subject.values()])
+    _, low, high = metrics.mean_ci(subject_means, n_resamples=BOOTSTRAP_RESAMPLES)
+    return EvalResult(metrics=result, intervals={primary: (low, high)}, per_subject=rows)
+
+
+@dataclass
+class ClassificationConfig:
+    """Classification settings.
+
+    Attributes:
+        label_smoothing: Cross-entropy label smoothing.
+        dropout: Dropout before the classifier.
+        image_size: Side of the square input crops.
+        kappa_weights: Cohen's kappa weighting (``"quadratic"`` for ordinal grades).
+    """
+
+    label_smoothing: float = 0.1
+    dropout: float = 0.1
+    image_size: int = 128
+    kappa_weights: str | None = None
+
+
+class StudyClassifier(nn.Module):
+    """Attention pooling over per-image embeddings (+ optional study features) -> logits."""
+
+    def __init__(self, embed_dim: int, num_classes: int, num_features: int = 0, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(2 * embed_dim)
+        self.pool = AttentionPool(2 * embed_dim)
+        self.features = nn.Sequential(nn.Linear(num_features, 64), nn.GELU()) if num_features else None
+        self.drop = nn.Dropout(dropout)
+        self.fc = nn.Linear(2 * embed_dim + (64 if num_features else 0), num_classes)
+
+    def forward(
+        self, embeddings: torch.Tensor, mask: torch.Tensor, features: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, S, 2D)`` embeddings, ``(B, S)`` mask -> logits ``(B, K)`` and attention ``(B, S)``."""
+        pooled, weights = self.pool(self.norm(embeddings), mask)
+        parts = [pooled]
+        if self.features is not None and features is not None:
+            parts.append(self.features(features))
+        return self.fc(self.drop(torch.cat(parts, dim=-1))), weights
+
+
+class ClassificationTask(Task):
+    """Base of classification tasks; ``info.level`` chooses image- or study-level items.
+
+    Image-level items: ``image`` ``(1, H, W)``, ``label`` int, ``subject``. Study-level items:
+    ``images`` ``(S, 1, H, W)``, ``label``, ``subject`` and optionally ``features`` ``(F,)``.
+    """
+
+    config_cls = ClassificationConfig
+    #: Length of the optional per-study feature vector (study-level tasks).
+    num_features: int = 0
+
+    def build_head(self, embed_dim: int, num_levels: int, patch_size: int) -> nn.Module:
+        """Linear head (image level) or attention-pooling head (study level)."""
+        n = len(self.info.classes)
+        if self.info.level == "study":
+            return StudyClassifier(embed_dim, n, self.num_features, self.config.dropout)
+        return ClassificationHead(embed_dim, n, self.config.dropout)
+
+    def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        """Pads image sets for study-level tasks."""
+        return pad_set_collate(items) if self.info.level == "study" else super().collate(items)
+
+    def forward(self, backbone: nn.Module, head: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Class logits (and attention weights for study-level tasks)."""
+        if self.info.level == "image":
+            out = _backbone_features(backbone, batch["image"])
+            return {"logits": head(out.cls, out.patch_tokens)}
+        images, mask = batch["images"], batch["set_mask"]  # (B, S, 1, H, W), (B, S)
+        b, s = mask.shape
+        flat = images[mask]  # (M, 1, H, W): real images only
+        out = _backbone_features(backbone, flat)
+        emb_real = ClassificationHead.embed(out.cls, out.patch_tokens)  # (M, 2D)
+        emb = emb_real.new_zeros((b, s, emb_real.shape[-1]))
+        emb[mask] = emb_real  # (B, S, 2D)
+        logits, weights = head(emb, mask, batch.get("features"))
+        return {"logits": logits, "attention": weights}
+
+    def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> torch.Tensor:
+        """Label-smoothed cross-entropy."""
+        return F.cross_entropy(
+            outputs["logits"].float(), batch["label"].long(), label_smoothing=self.config.label_smoothing
+        )
+
+    @torch.no_grad()
+    def predict_probs(self, model: TaskModel, dataset: Dataset, batch_size: int = 16) -> dict[str, Any]:
+        """Class probabilities, labels and subjects over a dataset."""
+        model.eval()
+        probs, labels, subjects = [], [], []
+        for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=self.collate):
+            probs.append(torch.softmax(model(batch)["logits"].float(), dim=-1).cpu().numpy())
+            labels.append(batch["label"].numpy())
+            subjects += list(batch["subject"])
+        return {"probs": np.concatenate(probs), "labels": np.concatenate(labels), "subjects": subjects}
+
+    def evaluate(self, model: TaskModel, dataset: Dataset, batch_size: int = 16) -> EvalResult:
+        """Accuracy, balanced accuracy, macro-F1, AUROC, kappa; bootstrap CIs over subjects."""
+        out = self.predict_probs(model, dataset, batch_size)
+        probs, labels, subjects = out["probs"], out["labels"], out["subjects"]
+        n = len(self.info.classes)
+        scores = metrics.classification_scores(labels, probs, n, self.config.kappa_weights)
+        unique = sorted(set(subjects))
+        index = {s: [i for i, x in enumerate(subjects) if x == s] for s in unique}
+
+        def stat(name: str):
+            def fn(idx: np.ndarray) -> float:
+                items = np.concatenate([index[unique[i]] for i in idx])
+                return metrics.classification_scores(
+                    labels[items], probs[items], n, self.config.kappa_weights
+                )[name]
+
+            return fn
+
+        intervals = {}
+        for name in ("accuracy", "balanced_accuracy"):
+            _, low, high = metrics.bootstrap_ci(stat(name), len(unique), n_resamples=200)
+            intervals[name] = (low, high)
+        rows = [
+            {
+                "subject": s,
+                "label": int(y),
+                "pred": int(p.argmax()),
+                **{f"p_{c}": float(v) for c, v in zip(self.info.classes, p, strict=True)},
+            }
+            for s, y, p in zip(subjects, labels, probs, strict=True)
+        ]
+        return EvalResult(metrics=scores, intervals=intervals, per_subject=rows)
+
+
+@dataclass
+class LandmarkConfig:
+    """Landmark settings.
+
+    Attributes:
+        image_size: Side of the square input crops.
+        heatmap_weight: Weight of an auxiliary Gaussian-heatmap cross-entropy (sharpens maps).
+        sigma_px: Gaussian target width in pixels for that term.
+    """
+
+    image_size: int = 128
+    heatmap_weight: float = 0.1
+    sigma_px: float = 2.0
+
+
+class LandmarkTask(Task):
+    """Base of landmark tasks.
+
+    Items: ``image``, ``landmarks`` ``(K, 2)`` (x, y) px, ``landmark_valid`` ``(K,)``, ``spacing``
+    ``(2,)`` or ``(3,)`` mm (x, y, ...), ``subject``.
+    """
+
+    config_cls = LandmarkConfig
+
+    def build_head(self, embed_dim: int, num_levels: int, patch_size: int) -> nn.Module:
+        """Heatmap decoder with soft-argmax read-out."""
+        return LandmarkHead(embed_dim, num_levels, patch_size, len(self.info.classes))
+
+    def forward(self, backbone: nn.Module, head: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Heatmaps and coordinates (x, y) in pixels."""
+        image = batch["image"]
+        features = _backbone_features(backbone, image)
+        heatmaps, coords = head(features.levels, standardize(image))
+        return {"heatmaps": heatmaps, "coords": coords}
+
+    def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> torch.Tensor:
+        """L1 distance in mm over valid landmarks, plus a small heatmap term."""
+        valid = batch["landmark_valid"].bool()  # (B, K)
+        spacing = batch["spacing"][:, None, :2].float()  # (B, 1, 2)
+        diff = (outputs["coords"] - batch["landmarks"].float()) * spacing  # (B, K, 2) mm
+        l1 = diff.abs().sum(-1)[valid].mean() if valid.any() else diff.sum() * 0
+        if self.config.heatmap_weight <= 0 or not valid.any():
+            return l1
+        heat = outputs["heatmaps"]
+        b, k, h, w = heat.shape
+        ys = torch.arange(h, dtype=torch.float32)[:, None]
+        xs = torch.arange(w, dtype=torch.float32)[None, :]
+        target = batch["landmarks"].float()
+        g = torch.exp(
+            -((xs - target[..., 0, None, None]) ** 2 + (ys - target[..., 1, None, None]) ** 2)
+            / (2 * self.config.sigma_px**2)
+        )  # (B, K, H, W)
+        g = g / g.sum(dim=(-2, -1), keepdim=True).clamp_min(1e-8)
+        logp = torch.log_softmax(heat.float().reshape(b, k, h * w), dim=-1).reshape(b, k, h, w)
+        ce = -(g * logp).sum(dim=(-2, -1))[valid].mean()
+        return l1 + self.config.heatmap_weight * ce
+
+    @torch.no_grad()
+    def evaluate(self, model: TaskModel, dataset: Dataset, batch_size: int = 16) -> EvalResult:
+        """Error in mm per landmark; mean with bootstrap CI over subjects."""
+        model.eval()
+        rows = []
+        for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=self.collate):
+            coords = model(batch)["coords"].float()
+            spacing = batch["spacing"][:, None, :2].float()
+            err = ((coords - batch["landmarks"].float()) * spacing).norm(dim=-1).numpy()  # (B, K)
+            valid = batch["landmark_valid"].numpy().astype(bool)
+            for i in range(err.shape[0]):
+                row: dict[str, Any] = {"subject": batch["subject"][i]}
+                for j, name in enumerate(self.info.classes):
+                    row[f"error_mm_{name}"] = float(err[i, j]) if valid[i, j] else float("nan")
+                row["error_mm"] = float(np.nanmean(np.where(valid[i], err[i], np.nan)))
+                rows.append(row)
+        return summarise_rows(rows, primary="error_mm")
