@@ -136,6 +136,25 @@ class SegmentationDecoder(nn.Module):
         return DecoderOutput(logits=stage_logits[-1], stage_logits=stage_logits)
 
 
+class LinearDecoder(nn.Module):
+    """Linear-probe dense head: a 1×1 map of the deepest level, bilinearly upsampled to the image.
+
+    Args:
+        embed_dim: ViT width.
+        out_channels: Output classes (or heatmaps).
+    """
+
+    def __init__(self, embed_dim: int, out_channels: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(embed_dim, out_channels, 1)
+
+    def forward(self, levels: list[torch.Tensor], image: torch.Tensor) -> DecoderOutput:
+        """``levels[-1]`` ``(B, D, h, w)`` -> logits ``(B, C, H, W)`` at the image size."""
+        coarse = self.proj(levels[-1])  # (B, C, h, w)
+        logits = F.interpolate(coarse, size=image.shape[-2:], mode="bilinear", align_corners=False)
+        return DecoderOutput(logits=logits, stage_logits=[coarse, logits])
+
+
 def soft_argmax_2d(heatmaps: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Expected pixel coordinates under a softmax over each heatmap.
 
@@ -164,11 +183,18 @@ class LandmarkHead(nn.Module):
         num_levels: Feature levels from the backbone.
         patch_size: ViT patch size.
         num_landmarks: K landmarks.
+        linear: Use the linear-probe decoder instead of the UNETR-like one.
     """
 
-    def __init__(self, embed_dim: int, num_levels: int, patch_size: int, num_landmarks: int) -> None:
+    def __init__(
+        self, embed_dim: int, num_levels: int, patch_size: int, num_landmarks: int, linear: bool = False
+    ) -> None:
         super().__init__()
-        self.decoder = SegmentationDecoder(embed_dim, num_levels, patch_size, num_landmarks)
+        self.decoder: nn.Module = (
+            LinearDecoder(embed_dim, num_landmarks)
+            if linear
+            else SegmentationDecoder(embed_dim, num_levels, patch_size, num_landmarks)
+        )
         self.log_temperature = nn.Parameter(torch.zeros(()))
 
     def forward(self, levels: list[torch.Tensor], image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -120,8 +120,11 @@ class Task(ABC):
         """A tiny synthetic corpus with the same item format (tests, smoke runs)."""
 
     @abstractmethod
-    def build_head(self, embed_dim: int, num_levels: int, patch_size: int) -> nn.Module:
-        """The task head for a backbone of this width, level count and patch size."""
+    def build_head(self, embed_dim: int, num_levels: int, patch_size: int, linear: bool = False) -> nn.Module:
+        """The task head for a backbone of this width, level count and patch size.
+
+        ``linear=True`` asks for the linear-probe head (a linear map of frozen features).
+        """
 
     @abstractmethod
     def forward(self, backbone: nn.Module, head: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:

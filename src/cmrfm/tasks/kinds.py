@@ -20,7 +20,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from cmrfm import metrics
-from cmrfm.models.heads import AttentionPool, ClassificationHead, LandmarkHead, SegmentationDecoder
+from cmrfm.models.heads import (
+    AttentionPool,
+    ClassificationHead,
+    LandmarkHead,
+    LinearDecoder,
+    SegmentationDecoder,
+)
 from cmrfm.models.vit import standardize
 from cmrfm.tasks.base import EvalResult, Task, TaskModel, pad_set_collate
 
@@ -70,8 +76,10 @@ class SegmentationTask(Task):
 
     config_cls = SegmentationConfig
 
-    def build_head(self, embed_dim: int, num_levels: int, patch_size: int) -> nn.Module:
-        """UNETR-like decoder with one output channel per class."""
+    def build_head(self, embed_dim: int, num_levels: int, patch_size: int, linear: bool = False) -> nn.Module:
+        """UNETR-like decoder (or the linear probe) with one output channel per class."""
+        if linear:
+            return LinearDecoder(embed_dim, len(self.info.classes))
         return SegmentationDecoder(embed_dim, num_levels, patch_size, len(self.info.classes))
 
     def forward(self, backbone: nn.Module, head: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -202,8 +210,8 @@ class ClassificationTask(Task):
     #: Length of the optional per-study feature vector (study-level tasks).
     num_features: int = 0
 
-    def build_head(self, embed_dim: int, num_levels: int, patch_size: int) -> nn.Module:
-        """Linear head (image level) or attention-pooling head (study level)."""
+    def build_head(self, embed_dim: int, num_levels: int, patch_size: int, linear: bool = False) -> nn.Module:
+        """Linear head (image level) or attention-pooling head (study level); both suit linear probes."""
         n = len(self.info.classes)
         if self.info.level == "study":
             return StudyClassifier(embed_dim, n, self.num_features, self.config.dropout)
@@ -303,9 +311,9 @@ class LandmarkTask(Task):
 
     config_cls = LandmarkConfig
 
-    def build_head(self, embed_dim: int, num_levels: int, patch_size: int) -> nn.Module:
-        """Heatmap decoder with soft-argmax read-out."""
-        return LandmarkHead(embed_dim, num_levels, patch_size, len(self.info.classes))
+    def build_head(self, embed_dim: int, num_levels: int, patch_size: int, linear: bool = False) -> nn.Module:
+        """Heatmap decoder (or linear probe) with soft-argmax read-out."""
+        return LandmarkHead(embed_dim, num_levels, patch_size, len(self.info.classes), linear=linear)
 
     def forward(self, backbone: nn.Module, head: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Heatmaps and coordinates (x, y) in pixels."""

@@ -1,0 +1,395 @@
+"""One fine-tuning loop for every task: the engine knows only the :class:`~cmrfm.tasks.base.Task` API.
+
+``finetune(cfg)`` builds the task, its data split (patient-level fold, optional few-shot subset), the
+backbone (pretrained weights or from scratch) and the task head; trains for a fixed number of steps
+with AdamW, cosine schedules, layer-wise lr decay and bf16 autocast where it helps; checkpoints
+atomically so ``resume=true`` continues exactly; evaluates on the held-out subjects; and exports the
+fine-tuned model (backbone + head) as safetensors with a model card.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from cmrfm import __version__
+from cmrfm.config import merge_into, save_yaml, to_dict
+from cmrfm.data.splits import fewshot_subset, kfold_splits
+from cmrfm.engine.checkpoint import CheckpointManager, rng_state, save_weights, set_rng_state
+from cmrfm.engine.optim import (
+    OptimConfig,
+    apply_schedules,
+    build_adamw,
+    clip_gradients,
+    cosine_schedule,
+    param_groups,
+)
+from cmrfm.errors import ConfigError, InputError
+from cmrfm.models.factory import architecture, build_backbone, check_architecture, load_backbone
+from cmrfm.models.vit import ViTConfig
+from cmrfm.tasks import TASKS
+from cmrfm.tasks.base import EvalResult, Task, TaskData, TaskModel
+
+Mode = Literal["full", "frozen", "linear"]
+
+
+@dataclass
+class FinetuneConfig:
+    """Everything a fine-tuning run needs; every field settable as ``key=value``.
+
+    Attributes:
+        task: Task id (``cmrfm tasks`` lists them).
+        init: Pretrained backbone (.safetensors); ``None`` trains from scratch.
+        preset: Backbone preset when training from scratch.
+        backbone: Architecture overrides of the preset when training from scratch (e.g. ``depth``).
+        image_size: Training image side (positional embeddings are resized from the backbone's).
+        mode: ``full`` (all weights, layer-wise lr decay), ``frozen`` (backbone frozen, full head) or
+            ``linear`` (backbone frozen; the task's linear head).
+        steps: Optimiser steps.
+        batch_size: Items per step.
+        optim: AdamW and schedule settings.
+        folds: Number of cross-validation folds (patient level, stratified).
+        fold: Held-out fold; ``-1`` trains on every subject (no evaluation split).
+        k_subjects: Few-shot: train on this many subjects of the training folds (0 = all).
+        seed: Seed for splits, sampling, initialisation and augmentation.
+        amp: ``auto`` (bf16 where measured faster), ``bf16`` or ``off``.
+        ckpt_every: Checkpoint interval in steps.
+        log_every: Log interval in steps.
+        out: Run folder.
+        resume: Continue from ``out/checkpoints/last.pt``.
+        synthetic: Use the task's tiny synthetic corpus (smoke runs and tests).
+        num_workers: DataLoader workers.
+        task_options: Task-specific settings, merged into the task's config dataclass.
+        export_fp16: Store exported weights in fp16.
+    """
+
+    task: str = ""
+    init: str | None = None
+    preset: str = "tiny"
+    backbone: dict[str, Any] = field(default_factory=dict)
+    image_size: int = 128
+    mode: Mode = "full"
+    steps: int = 1000
+    batch_size: int = 16
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(
+            lr=3e-4,
+            lr_ref_batch=0,
+            min_lr=1e-6,
+            warmup_steps=50,
+            weight_decay=0.05,
+            weight_decay_end=0.05,
+            grad_clip=1.0,
+            layer_decay=0.75,
+        )
+    )
+    folds: int = 5
+    fold: int = 0
+    k_subjects: int = 0
+    seed: int = 0
+    amp: Literal["auto", "bf16", "off"] = "auto"
+    ckpt_every: int = 200
+    log_every: int = 20
+    out: str = "runs/finetune"
+    resume: bool = False
+    synthetic: bool = False
+    num_workers: int = 0
+    task_options: dict[str, Any] = field(default_factory=dict)
+    export_fp16: bool = True
+
+
+@dataclass
+class RunResult:
+    """What a fine-tuning run produced."""
+
+    out: Path
+    weights: Path
+    eval: EvalResult | None
+    train_subjects: list[str]
+    eval_subjects: list[str]
+    seconds: float
+    steps: int
+
+
+def build_task(task_id: str, options: dict[str, Any] | None = None) -> Task:
+    """Instantiates a registered task with its config plus ``options`` overrides."""
+    cls = TASKS.get(task_id)
+    config = cls.config_cls()
+    if options:
+        config = merge_into(config, options, prefix="task_options.")
+    return cls(config)
+
+
+def split_subjects(data: TaskData, cfg: FinetuneConfig) -> tuple[list[str], list[str]]:
+    """Training and evaluation subject ids for the configured fold and few-shot size."""
+    if cfg.fold < 0:
+        train, held_out = list(data.subjects), []
+    else:
+        if not 0 <= cfg.fold < cfg.folds:
+            raise ConfigError(f"fold={cfg.fold} outside 0..{cfg.folds - 1} (or -1 for all subjects)")
+        split = kfold_splits(data.subjects, data.strata, k=cfg.folds, seed=cfg.seed)[cfg.fold]
+        train, held_out = list(split.train), list(split.val)
+    if cfg.k_subjects > 0:
+        strata = dict(zip(data.subjects, data.strata, strict=True))
+        train = fewshot_subset(train, [strata[s] for s in train], cfg.k_subjects, seed=cfg.seed)
+    return list(train), list(held_out)
+
+
+def autocast_context(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast when asked (``bf16``) or judged faster (``auto``: CUDA, or CPUs with bf16 units)."""
+    use = amp == "bf16" or (amp == "auto" and (device.type == "cuda" or _cpu_has_bf16()))
+    if not use:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def build_model(task: Task, cfg: FinetuneConfig) -> tuple[TaskModel, dict[str, Any]]:
+    """Backbone (pretrained or fresh) plus the task head, frozen as the mode asks."""
+    card: dict[str, Any] = {}
+    if cfg.init:
+        backbone, card = load_backbone(cfg.init)
+    else:
+        backbone = build_backbone(cfg.preset, **{"img_size": cfg.image_size, **cfg.backbone})
+    bcfg: ViTConfig = backbone.cfg
+    linear = cfg.mode == "linear"
+    head = task.build_head(bcfg.embed_dim, len(bcfg.levels()), bcfg.patch_size, linear=linear)
+    if cfg.mode in ("frozen", "linear"):
+        backbone.requires_grad_(False)
+    return TaskModel(task, backbone, head), card
+
+
+class StepBatchSampler(Sampler[list[int]]):
+    """Batch indices as a pure function of (seed, step): resuming at any step sees the same data.
+
+    Args:
+        num_items: Dataset length.
+        batch_size: Items per batch.
+        seed: Run seed.
+        start: First step to yield.
+        stop: Step to stop before.
+    """
+
+    def __init__(self, num_items: int, batch_size: int, seed: int, start: int, stop: int) -> None:
+        if num_items == 0:
+            raise ConfigError("the training dataset is empty")
+        self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
+        self.start, self.stop = start, stop
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for step in range(self.start, self.stop):
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+            yield torch.randint(self.num_items, (self.batch_size,), generator=g).tolist()
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+
+def _optimizer(model: TaskModel, cfg: FinetuneConfig) -> torch.optim.Optimizer:
+    backbone = model.backbone
+    groups = param_groups(
+        model,
+        cfg.optim.weight_decay,
+        layer_decay=cfg.optim.layer_decay if cfg.mode == "full" else 1.0,
+        no_weight_decay=backbone.no_weight_decay(),
+        layer_id=backbone.layer_id,
+        num_layers=backbone.cfg.depth,
+        prefix_to_strip="backbone.",
+    )
+    return build_adamw(groups, cfg.optim)
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        return
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def train_steps(
+    model: TaskModel,
+    dataset: Dataset,
+    cfg: FinetuneConfig,
+    out: Path,
+    progress: bool = True,
+) -> int:
+    """Runs the optimisation (resuming from ``out/checkpoints`` when asked); returns steps done."""
+    task = model.task
+    optimizer = _optimizer(model, cfg)
+    lrs = cosine_schedule(cfg.optim.lr, cfg.optim.min_lr, cfg.steps, cfg.optim.warmup_steps)
+    wds = cosine_schedule(cfg.optim.weight_decay, cfg.optim.weight_decay_end, cfg.steps, 0)
+    ckpt = CheckpointManager(out / "checkpoints", keep=0)
+    start = 0
+    if cfg.resume and ckpt.exists():
+        state = ckpt.load()
+        if state.get("architecture") != architecture(model.backbone.cfg):
+            raise InputError(ckpt.last, "checkpoint is of another architecture than this run's backbone")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        start = state["step"]
+    device = torch.device("cpu")
+    log_path = out / "train_log.csv"
+    log = log_path.open("a" if start else "w")
+    if not start:
+        log.write("step,loss,lr,items_per_s\n")
+    sampler = StepBatchSampler(len(dataset), cfg.batch_size, cfg.seed, start, cfg.steps)
+    batches = iter(
+        DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=task.collate,
+            num_workers=cfg.num_workers,
+            generator=torch.Generator().manual_seed(cfg.seed + start),  # keeps the global RNG untouched
+        )
+    )
+    model.train()
+    if cfg.mode in ("frozen", "linear"):
+        model.backbone.eval()
+    from rich.progress import Progress
+
+    tick = time.perf_counter()
+    with Progress(disable=not progress, transient=True) as bar:
+        job = bar.add_task(f"fine-tune {task.info.id}", total=cfg.steps, completed=start)
+        for step in range(start, cfg.steps):
+            batch = next(batches)
+            apply_schedules(optimizer, float(lrs[step]), float(wds[step]))
+            with autocast_context(device, cfg.amp):
+                outputs = model(batch)
+            loss = task.loss(outputs, batch)
+            if not torch.isfinite(loss):
+                raise RuntimeError(
+                    f"loss became {float(loss)} at step {step}; lower optim.lr or check the data"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            clip_gradients(model.parameters(), cfg.optim.grad_clip)
+            optimizer.step()
+            bar.advance(job)
+            done = step + 1
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                rate = cfg.log_every * cfg.batch_size / max(time.perf_counter() - tick, 1e-9)
+                log.write(f"{done},{float(loss.detach()):.5f},{lrs[step]:.3e},{rate:.1f}\n")
+                log.flush()
+                tick = time.perf_counter()
+            if done % cfg.ckpt_every == 0 and done < cfg.steps:
+                ckpt.save(
+                    {
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "rng": rng_state(),
+                        "step": done,
+                        "architecture": architecture(model.backbone.cfg),
+                    },
+                    done,
+                )
+    log.close()
+    return cfg.steps
+
+
+def export_model(model: TaskModel, path: Path, card: dict[str, Any], fp16: bool) -> Path:
+    """Saves backbone + head weights (safetensors) with a task model card."""
+    full = {
+        "format": "cmrfm-task/1",
+        "cmrfm_version": __version__,
+        "task": model.task.info.id,
+        "architecture": architecture(model.backbone.cfg),
+        "classes": list(model.task.info.classes),
+        "task_config": to_dict(model.task.config),
+        **card,
+    }
+    return save_weights(model.state_dict(), path, full, fp16=fp16)
+
+
+def load_task_model(path: str | Path) -> tuple[TaskModel, dict[str, Any]]:
+    """Loads a model written by :func:`export_model`; clear errors for other files or tasks."""
+    from cmrfm.engine.checkpoint import load_weights
+
+    tensors, card = load_weights(path)
+    if card.get("format") != "cmrfm-task/1" or "task" not in card:
+        raise InputError(path, "not a cmrfm task model (its card has no task; is it a backbone?)")
+    vit_cfg = check_architecture(card, None, path)
+    task = build_task(card["task"], card.get("task_config") or {})
+    backbone = build_backbone(vit_cfg)
+    linear = card.get("mode") == "linear"
+    head = task.build_head(vit_cfg.embed_dim, len(vit_cfg.levels()), vit_cfg.patch_size, linear=linear)
+    model = TaskModel(task, backbone, head)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise InputError(
+            path,
+            f"weights do not match task {card['task']!r} (missing {result.missing_keys[:3]}, "
+            f"unexpected {result.unexpected_keys[:3]})",
+        )
+    model.eval()
+    return model, card
+
+
+def finetune(cfg: FinetuneConfig, progress: bool = True) -> RunResult:
+    """Runs one fine-tuning job as configured and returns where its outputs are."""
+    if not cfg.task:
+        raise ConfigError("no task given: set task=<id> (see `cmrfm tasks`)")
+    started = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    task = build_task(cfg.task, cfg.task_options)
+    data = task.synthetic_data() if cfg.synthetic else task.load_data()
+    train_ids, eval_ids = split_subjects(data, cfg)
+    if not train_ids:
+        raise ConfigError("no training subjects after splitting; check fold/k_subjects")
+    out = Path(cfg.out)
+    if out.exists() and any(out.iterdir()) and not cfg.resume:
+        if (out / "checkpoints" / "last.pt").exists() or (out / "model.safetensors").exists():
+            raise ConfigError(f"{out} already holds a run; pass resume=true or choose another out=")
+    out.mkdir(parents=True, exist_ok=True)
+    save_yaml(cfg, out / "config.yaml")
+    model, init_card = build_model(task, cfg)
+    steps = train_steps(model, data.make_dataset(train_ids, True), cfg, out, progress=progress)
+    result = None
+    if eval_ids:
+        result = task.evaluate(model, data.make_dataset(eval_ids, False), batch_size=cfg.batch_size)
+        (out / "metrics.json").write_text(
+            json.dumps({"metrics": result.metrics, "intervals": result.intervals}, indent=2)
+        )
+        _write_csv(out / "per_subject.csv", result.per_subject)
+    seconds = time.perf_counter() - started
+    card = {
+        "mode": cfg.mode,
+        "init": init_card.get("objective", "scratch") if cfg.init else "scratch",
+        "init_weights": Path(cfg.init).name if cfg.init else None,
+        "data": data.description,
+        "train_subjects": len(train_ids),
+        "eval_subjects": len(eval_ids),
+        "steps": steps,
+        "seed": cfg.seed,
+        "fold": cfg.fold,
+        "metrics": None if result is None else result.metrics,
+        "train_seconds": round(seconds, 1),
+    }
+    weights = export_model(model, out / "model.safetensors", card, cfg.export_fp16)
+    return RunResult(out, weights, result, train_ids, eval_ids, seconds, steps)
+
+
+def count_trainable(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

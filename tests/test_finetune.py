@@ -1,0 +1,99 @@
+"""The shared fine-tuning engine on tiny synthetic data (fast)."""
+
+import json
+
+import pytest
+import torch
+
+from cmrfm.engine.finetune import FinetuneConfig, finetune, load_task_model, split_subjects
+from cmrfm.errors import CmrfmError, ConfigError
+from cmrfm.tasks import TASKS
+
+TINY = {"embed_dim": 32, "depth": 2, "num_heads": 2}
+
+
+def _cfg(tmp_path, **kw):
+    base = dict(
+        task="sax-seg",
+        synthetic=True,
+        image_size=32,
+        backbone=TINY,
+        steps=4,
+        batch_size=4,
+        folds=2,
+        fold=0,
+        out=str(tmp_path / "run"),
+        ckpt_every=2,
+        log_every=1,
+        amp="off",
+    )
+    base.update(kw)
+    return FinetuneConfig(**base)
+
+
+def test_finetune_runs_evaluates_and_exports(tmp_path):
+    result = finetune(_cfg(tmp_path), progress=False)
+    assert result.weights.is_file() and (result.out / "metrics.json").is_file()
+    metrics = json.loads((result.out / "metrics.json").read_text())["metrics"]
+    assert 0.0 <= metrics["dice_mean"] <= 1.0
+    assert not set(result.train_subjects) & set(result.eval_subjects)
+    model, card = load_task_model(result.weights)
+    assert card["task"] == "sax-seg" and card["train_subjects"] == len(result.train_subjects)
+    out = model(
+        next(
+            iter(
+                torch.utils.data.DataLoader(
+                    TASKS.get("sax-seg")().synthetic_data().make_dataset(["phantom00"], False),
+                    batch_size=2,
+                    collate_fn=model.task.collate,
+                )
+            )
+        )
+    )
+    assert out["logits"].shape == (2, 4, 32, 32)
+
+
+def test_resume_after_crash_is_exact(tmp_path, monkeypatch):
+    import cmrfm.engine.finetune as ft
+
+    full = finetune(_cfg(tmp_path, out=str(tmp_path / "a"), fold=-1, export_fp16=False), progress=False)
+    real_clip = ft.clip_gradients
+    calls = {"n": 0}
+
+    def crash_on_third_step(params, max_norm):
+        calls["n"] += 1
+        if calls["n"] == 3:  # after the step-2 checkpoint
+            raise KeyboardInterrupt
+        return real_clip(params, max_norm)
+
+    monkeypatch.setattr(ft, "clip_gradients", crash_on_third_step)
+    crashed = _cfg(tmp_path, out=str(tmp_path / "b"), fold=-1, export_fp16=False)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(crashed, progress=False)
+    assert (tmp_path / "b" / "checkpoints" / "last.pt").is_file()
+    monkeypatch.setattr(ft, "clip_gradients", real_clip)
+    crashed.resume = True
+    resumed = finetune(crashed, progress=False)
+    a_model, _ = load_task_model(full.weights)
+    b_model, _ = load_task_model(resumed.weights)
+    for (name, pa), (_, pb) in zip(a_model.state_dict().items(), b_model.state_dict().items(), strict=True):
+        assert torch.equal(pa, pb), name
+
+
+def test_bad_configuration_is_clear(tmp_path):
+    with pytest.raises(CmrfmError, match="unknown task"):
+        finetune(_cfg(tmp_path, task="nope"), progress=False)
+    with pytest.raises(ConfigError, match="no task"):
+        finetune(FinetuneConfig(), progress=False)
+    with pytest.raises(ConfigError, match="fold=7"):
+        finetune(_cfg(tmp_path, fold=7), progress=False)
+    finetune(_cfg(tmp_path, steps=1), progress=False)
+    with pytest.raises(ConfigError, match="already holds a run"):
+        finetune(_cfg(tmp_path, steps=1), progress=False)
+
+
+def test_fewshot_subset_of_training_fold(tmp_path):
+    task = TASKS.get("sax-seg")()
+    data = task.synthetic_data(num_subjects=8)
+    train, held = split_subjects(data, _cfg(tmp_path, k_subjects=2, folds=4))
+    assert len(train) == 2 and not set(train) & set(held)
