@@ -166,6 +166,7 @@ def write_cine(
     description: str | None = None,
     study_uid: str | None = None,
     spacing_between_slices: float | None = None,
+    names: str = "shuffled",
 ) -> Written:
     """Writes a cine stack as one file per image, file names shuffled.
 
@@ -185,6 +186,7 @@ def write_cine(
         description: SeriesDescription (default: the vendor's).
         study_uid: StudyInstanceUID (default: new).
         spacing_between_slices: Header SpacingBetweenSlices (default: ``slice_gap_mm``).
+        names: ``"shuffled"`` (random ``IMnnnnn`` names) or ``"instance"`` (``<InstanceNumber>.dcm``).
     """
     style = VENDOR_STYLES[vendor]
     folder.mkdir(parents=True, exist_ok=True)
@@ -206,9 +208,9 @@ def write_cine(
         for t in range(n_frames):
             instance = t * n_slices + a + 1 if style["frame_major"] else a * n_frames + t + 1
             jobs.append((k, t, instance))
-    names = [f"IM{n:05d}" for n in rng.permutation(len(jobs))]
+    shuffled = [f"IM{n:05d}" for n in rng.permutation(len(jobs))]
     written = []
-    for (k, t, instance), name in zip(jobs, names, strict=True):
+    for (k, t, instance), name in zip(jobs, shuffled, strict=True):
         sop_uid = generate_uid()
         ds = _base(style, study_uid, series_uid, series_number, description)
         ds.file_meta = _meta(MRImageStorage, sop_uid)
@@ -231,7 +233,7 @@ def write_cine(
         ds.PixelData = raw.tobytes()
         if compress is not None:
             ds.compress(compress)
-        path = folder / name
+        path = folder / (f"{instance}.dcm" if names == "instance" else name)
         ds.save_as(path, enforce_file_format=True)
         written.append(path)
         values[:, :, k, t] = raw.T.astype(np.float32) * slope + intercept

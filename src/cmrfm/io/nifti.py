@@ -211,9 +211,9 @@ def _geometry(img: Any) -> tuple[np.ndarray, dict[str, Any]]:
             meta["nifti_qform"] = np.asarray(qform).tolist()
         if sform is not None:
             meta["nifti_sform"] = np.asarray(sform).tolist()
-    zooms = np.asarray(header.get_zooms()[:3], dtype=np.float64)
-    zooms = np.pad(zooms, (0, 3 - zooms.size), constant_values=1.0)
     norms = np.linalg.norm(affine[:3, :3], axis=0)
+    zooms = np.asarray(header.get_zooms()[:3], dtype=np.float64)
+    zooms = np.concatenate([zooms, norms[zooms.size :]])  # a 2D file has no slice pixdim
     if np.all(zooms > 0) and np.all(norms > 0) and not np.allclose(norms, zooms, rtol=SPACING_RTOL):
         affine = affine.copy()
         affine[:3, :3] = affine[:3, :3] / norms[None, :] * zooms[None, :]  # keep directions
