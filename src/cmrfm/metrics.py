@@ -162,8 +162,9 @@ def auroc(y_true: Sequence[int], probs: np.ndarray) -> float:
     probs = np.asarray(probs, float)
     if probs.ndim == 1:
         return _binary_auroc(y == 1, probs)
-    scores = [_binary_auroc(y == c, probs[:, c]) for c in range(probs.shape[1])]
-    return float(np.nanmean(scores))
+    per_class = (_binary_auroc(y == c, probs[:, c]) for c in range(probs.shape[1]))
+    scores = [s for s in per_class if np.isfinite(s)]
+    return float(np.mean(scores)) if scores else float("nan")
 
 
 def classification_scores(

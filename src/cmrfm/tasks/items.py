@@ -31,6 +31,8 @@ class ItemDataset(Dataset):
         augment: Augmentation ranges.
         seed: Base seed; each access draws from torch's global RNG (saved in checkpoints) mixed
             with this seed.
+        max_images: Study-level training items keep a random subset of at most this many images
+            (in their original order); evaluation always sees every image. 0 keeps all.
     """
 
     def __init__(
@@ -39,11 +41,13 @@ class ItemDataset(Dataset):
         train: bool,
         augment: AugmentConfig | None = None,
         seed: int = 0,
+        max_images: int = 0,
     ) -> None:
-        self.items = list(items)
+        self.items = items if isinstance(items, Sequence) else list(items)  # lazy sequences stay lazy
         self.train = train
         self.augment = augment or AugmentConfig()
         self.seed = seed
+        self.max_images = max_images
 
     def __len__(self) -> int:
         return len(self.items)
@@ -56,6 +60,12 @@ class ItemDataset(Dataset):
         g = self._generator() if self.train else None
         if "images" in item:
             images = torch.as_tensor(np.asarray(item["images"], np.float32))[:, None]  # (S, 1, H, W)
+            if g is not None and 0 < self.max_images < len(images):
+                keep = torch.randperm(len(images), generator=g)[: self.max_images].sort().values
+                images = images[keep]
+            if g is not None and 0 < self.max_images < len(images):
+                keep = torch.randperm(len(images), generator=g)[: self.max_images].sort().values
+                images = images[keep]
             if g is not None:
                 images = torch.stack([augment_item(im, self.augment, g)[0] for im in images])
             item["images"] = images

@@ -146,12 +146,17 @@ class SegmentationTask(Task):
         return summarise_rows(per_volume, primary="dice_mean")
 
 
+def _finite_mean(values: list[float]) -> float:
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else float("nan")
+
+
 def summarise_rows(rows: list[dict[str, Any]], primary: str) -> EvalResult:
     """Means of numeric columns over rows, bootstrap CIs over subjects for the primary metric."""
     if not rows:
         return EvalResult(metrics={primary: float("nan")})
     keys = [k for k, v in rows[0].items() if isinstance(v, float | int) and not isinstance(v, bool)]
-    result = {k: float(np.nanmean([r[k] for r in rows])) for k in keys}
+    result = {k: _finite_mean([r[k] for r in rows]) for k in keys}
     by_subject: dict[str, list[float]] = defaultdict(list)
     for r in rows:
         by_subject[r["subject"]].append(r[primary])
@@ -310,6 +315,22 @@ class LandmarkTask(Task):
     """
 
     config_cls = LandmarkConfig
+    #: Pairs of landmark indices whose identities may swap (e.g. the two RV insertion points under a
+    #: flip): targets are matched to the closer ordering before the loss and the error.
+    interchangeable: tuple[tuple[int, int], ...] = ()
+
+    def match_targets(self, coords: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> tuple:
+        """Swaps each interchangeable target pair where the swapped order is closer to the prediction."""
+        target, valid = target.clone(), valid.clone()
+        with torch.no_grad():
+            for i, j in self.interchangeable:
+                keep = (coords[:, i] - target[:, i]).norm(dim=-1) + (coords[:, j] - target[:, j]).norm(dim=-1)
+                swap = (coords[:, i] - target[:, j]).norm(dim=-1) + (coords[:, j] - target[:, i]).norm(dim=-1)
+                both = valid[:, i] & valid[:, j]
+                flip = (swap < keep) & both  # (B,)
+                ti, tj = target[flip, i].clone(), target[flip, j].clone()
+                target[flip, i], target[flip, j] = tj, ti
+        return target, valid
 
     def build_head(self, embed_dim: int, num_levels: int, patch_size: int, linear: bool = False) -> nn.Module:
         """Heatmap decoder (or linear probe) with soft-argmax read-out."""
@@ -324,9 +345,11 @@ class LandmarkTask(Task):
 
     def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> torch.Tensor:
         """L1 distance in mm over valid landmarks, plus a small heatmap term."""
-        valid = batch["landmark_valid"].bool()  # (B, K)
+        target, valid = self.match_targets(
+            outputs["coords"].float(), batch["landmarks"].float(), batch["landmark_valid"].bool()
+        )  # (B, K, 2), (B, K)
         spacing = batch["spacing"][:, None, :2].float()  # (B, 1, 2)
-        diff = (outputs["coords"] - batch["landmarks"].float()) * spacing  # (B, K, 2) mm
+        diff = (outputs["coords"] - target) * spacing  # (B, K, 2) mm
         l1 = diff.abs().sum(-1)[valid].mean() if valid.any() else diff.sum() * 0
         if self.config.heatmap_weight <= 0 or not valid.any():
             return l1
@@ -334,7 +357,6 @@ class LandmarkTask(Task):
         b, k, h, w = heat.shape
         ys = torch.arange(h, dtype=torch.float32)[:, None]
         xs = torch.arange(w, dtype=torch.float32)[None, :]
-        target = batch["landmarks"].float()
         g = torch.exp(
             -((xs - target[..., 0, None, None]) ** 2 + (ys - target[..., 1, None, None]) ** 2)
             / (2 * self.config.sigma_px**2)
@@ -351,9 +373,12 @@ class LandmarkTask(Task):
         rows = []
         for batch in DataLoader(dataset, batch_size=batch_size, collate_fn=self.collate):
             coords = model(batch)["coords"].float()
+            target, valid_t = self.match_targets(
+                coords, batch["landmarks"].float(), batch["landmark_valid"].bool()
+            )
             spacing = batch["spacing"][:, None, :2].float()
-            err = ((coords - batch["landmarks"].float()) * spacing).norm(dim=-1).numpy()  # (B, K)
-            valid = batch["landmark_valid"].numpy().astype(bool)
+            err = ((coords - target) * spacing).norm(dim=-1).numpy()  # (B, K)
+            valid = valid_t.numpy()
             for i in range(err.shape[0]):
                 row: dict[str, Any] = {"subject": batch["subject"][i]}
                 for j, name in enumerate(self.info.classes):

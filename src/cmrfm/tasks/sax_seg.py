@@ -32,13 +32,27 @@ class SaxSegConfig(SegmentationConfig):
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
-def seg_item(item: dict[str, Any], record: PreprocessRecord) -> dict[str, Any]:
-    """Cache item -> segmentation item (image, mask, subject, volume, slice, spacing)."""
+def class_lookup(label_ids: Sequence[int]) -> np.ndarray:
+    """Table mapping internal label ids to class indices (ids not listed map to background)."""
+    table = np.zeros(256, np.int64)
+    for index, label in enumerate(label_ids):
+        table[label] = index
+    return table
+
+
+SAX_LABELS = (Label.BACKGROUND, Label.LV, Label.MYO, Label.RV)
+_SAX_LOOKUP = class_lookup(SAX_LABELS)
+
+
+def seg_item(
+    item: dict[str, Any], record: PreprocessRecord, lookup: np.ndarray = _SAX_LOOKUP
+) -> dict[str, Any]:
+    """Cache item -> segmentation item (image, mask as class indices, subject, volume, slice, spacing)."""
     meta = item["meta"]
     phase = meta["phase"] if meta["phase"] not in ("", "na", "other") else f"frame{meta['frame']}"
     return {
         "image": item["image"],
-        "mask": item["label"].astype(np.int64),
+        "mask": lookup[item["label"]],
         "subject": meta["study"],
         "volume": f"{meta['study']}/{meta['series']}/{phase}",
         "slice": meta["slice"],
@@ -57,7 +71,7 @@ class SaxSeg(SegmentationTask):
         level="image",
         data="ACDC (100 patients, ED+ES)",
         metric="dice_mean",
-        classes=tuple(LABEL_NAMES[i] for i in (Label.BACKGROUND, Label.LV, Label.MYO, Label.RV)),
+        classes=tuple(LABEL_NAMES[i] for i in SAX_LABELS),
     )
     config_cls = SaxSegConfig
 

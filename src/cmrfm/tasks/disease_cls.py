@@ -1,0 +1,151 @@
+"""``disease-cls``: NOR, MINF, DCM, HCM, ARV per patient from the ED and ES short-axis stacks (ACDC).
+
+Each item is one patient: the ED and ES slices (attention-pooled image embeddings) plus shape and
+function features computed from ED/ES segmentations (:mod:`cmrfm.clinical.features`). In training
+and cross-validation the features come from the manual labels (``features=labels``); study analysis
+computes them from predicted masks, and the benchmark reports both.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from cmrfm.clinical.features import FEATURE_NAMES, disease_features
+from cmrfm.constants import Group
+from cmrfm.tasks.augment import AugmentConfig
+from cmrfm.tasks.base import TaskData, TaskInfo, register_task
+from cmrfm.tasks.items import ItemDataset, phantom_slice
+from cmrfm.tasks.kinds import ClassificationConfig, ClassificationTask
+from cmrfm.tasks.sources import prepared_cache
+
+GROUPS = tuple(g.value for g in Group)
+
+
+@dataclass
+class DiseaseConfig(ClassificationConfig):
+    """``disease-cls`` settings.
+
+    Attributes:
+        root: ACDC training folder (default locations when empty).
+        cache: A prepared ACDC cache (made on first use when empty).
+        features: ``labels`` (features from the manual ED/ES labels) or ``none`` (images only).
+        max_images: Slices per training item (random subset of the ED+ES slices).
+        augment: Augmentation ranges.
+    """
+
+    root: str = ""
+    cache: str = ""
+    features: Literal["labels", "none"] = "labels"
+    max_images: int = 8
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+def _stack(rows: list[tuple[int, np.ndarray]]) -> np.ndarray:
+    return np.stack([a for _, a in sorted(rows, key=lambda r: r[0])], axis=-1)  # (H, W, Z)
+
+
+@register_task
+class DiseaseCls(ClassificationTask):
+    """Cardiac disease group per patient."""
+
+    info = TaskInfo(
+        id="disease-cls",
+        title="Cardiac disease classification: NOR, MINF, DCM, HCM, ARV",
+        kind="classification",
+        level="study",
+        data="ACDC groups (ED+ES stacks)",
+        metric="accuracy",
+        classes=GROUPS,
+    )
+    config_cls = DiseaseConfig
+
+    @property
+    def num_features(self) -> int:  # type: ignore[override]
+        """Feature vector length (0 when features are off)."""
+        return len(FEATURE_NAMES) if self.config.features != "none" else 0
+
+    def _item(self, subject: str, group: str, phases: dict[str, dict[str, list]], pixel: float, dz: float):
+        ed_img, es_img = _stack(phases["ED"]["image"]), _stack(phases["ES"]["image"])
+        item: dict[str, Any] = {
+            "images": np.concatenate([ed_img, es_img], axis=-1)
+            .transpose(2, 0, 1)
+            .astype(np.float16),  # (S, H, W)
+            "label": GROUPS.index(group),
+            "subject": subject,
+        }
+        if self.num_features:
+            ed, es = _stack(phases["ED"]["label"]), _stack(phases["ES"]["label"])
+            item["features"] = disease_features(ed, es, pixel, dz)
+        return item
+
+    def load_data(self) -> TaskData:
+        """One item per ACDC patient with ED and ES labelled stacks."""
+        cache = prepared_cache("acdc", self.config.root, self.config.cache).filter(labelled=True)
+        grouped: dict[str, dict[str, dict[str, list]]] = defaultdict(
+            lambda: {"ED": {"image": [], "label": []}, "ES": {"image": [], "label": []}}
+        )
+        info: dict[str, tuple[str, float, float]] = {}
+        for i in range(len(cache)):
+            item = cache[i]
+            meta = item["meta"]
+            if meta["phase"] not in ("ED", "ES") or not meta["group"]:
+                continue
+            slot = grouped[meta["study"]][meta["phase"]]
+            slot["image"].append((meta["slice"], item["image"]))
+            slot["label"].append((meta["slice"], item["label"]))
+            info[meta["study"]] = (meta["group"], cache.record(i).out_spacing, meta["spacing_z"])
+        items = {
+            s: self._item(s, info[s][0], grouped[s], info[s][1], info[s][2])
+            for s in grouped
+            if grouped[s]["ED"]["image"] and grouped[s]["ES"]["image"]
+        }
+        subjects = sorted(items)
+
+        def make(ids: Sequence[str], train: bool) -> ItemDataset:
+            return ItemDataset(
+                [items[s] for s in ids], train, self.config.augment, max_images=self.config.max_images
+            )
+
+        strata = [GROUPS[items[s]["label"]] for s in subjects]
+        return TaskData(subjects, strata, make, f"ACDC ED+ES stacks of {len(subjects)} patients")
+
+    def synthetic_data(self, num_subjects: int = 6, image_size: int = 32) -> TaskData:
+        """Phantom patients whose LV size and wall follow their group (DCM large/thin, HCM thick)."""
+        rng = np.random.default_rng(0)
+        shape = {
+            "NOR": (0.16, 0.07),
+            "MINF": (0.18, 0.05),
+            "DCM": (0.24, 0.04),
+            "HCM": (0.1, 0.14),
+            "ARV": (0.15, 0.07),
+        }
+        subjects, items = [], {}
+        for i in range(num_subjects):
+            group = GROUPS[i % len(GROUPS)]
+            subject = f"phantom{i:02d}"
+            r, wall = shape[group]
+            phases: dict[str, dict[str, list]] = {
+                "ED": {"image": [], "label": []},
+                "ES": {"image": [], "label": []},
+            }
+            for phase, scale in (("ED", 1.0), ("ES", 0.75)):
+                for z in range(3):
+                    s = phantom_slice(
+                        rng, image_size, lv_radius=r * scale * image_size, wall=wall * image_size
+                    )
+                    phases[phase]["image"].append((z, s["image"]))
+                    phases[phase]["label"].append((z, s["mask"]))
+            subjects.append(subject)
+            items[subject] = self._item(subject, group, phases, 1.5, 8.0)
+
+        def make(ids: Sequence[str], train: bool) -> ItemDataset:
+            return ItemDataset(
+                [items[s] for s in ids], train, self.config.augment, max_images=self.config.max_images
+            )
+
+        return TaskData(subjects, [GROUPS[items[s]["label"]] for s in subjects], make, "synthetic phantom")
