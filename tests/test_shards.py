@@ -103,7 +103,7 @@ def test_memory_flat_while_streaming_10x_cache(tmp_path):
 
 def test_faults(tmp_path):
     root = write(tmp_path, 20, 8)
-    with pytest.raises(InputError, match="index.json is missing"):
+    with pytest.raises(InputError, match=r"index\.json is missing"):
         ShardDataset(tmp_path)
     (root / "shard_000001.bin").rename(tmp_path / "moved.bin")
     with pytest.raises(InputError, match="missing"):

@@ -33,7 +33,7 @@ def rng_state() -> dict[str, Any]:
     """Captures the Python, NumPy and torch (CPU and CUDA) RNG states."""
     state = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": np.random.get_state(),  # noqa: NPY002 (the global legacy RNG is what we capture)
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -44,7 +44,7 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: Mapping[str, Any]) -> None:
     """Restores what :func:`rng_state` captured."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    np.random.set_state(state["numpy"])  # noqa: NPY002
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -93,7 +93,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         return torch.load(path, map_location=map_location, weights_only=False)
     except Exception as err:
-        raise InputError(path, f"checkpoint is unreadable or truncated ({type(err).__name__}: {err})") from None
+        raise InputError(
+            path, f"checkpoint is unreadable or truncated ({type(err).__name__}: {err})"
+        ) from None
 
 
 class CheckpointManager:

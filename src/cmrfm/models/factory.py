@@ -15,7 +15,7 @@ from torch import nn
 
 from cmrfm import __version__
 from cmrfm.errors import ConfigError, InputError
-from cmrfm.models.vit import PRESETS, ViTConfig, VisionTransformer, vit_config
+from cmrfm.models.vit import PRESETS, VisionTransformer, ViTConfig, vit_config
 from cmrfm.registry import Registry
 
 #: Backbone family name -> constructor taking a config dataclass.
@@ -48,7 +48,12 @@ def architecture(cfg: ViTConfig) -> dict[str, Any]:
 
 def make_card(cfg: ViTConfig, **fields: Any) -> dict[str, Any]:
     """A model card for a backbone: architecture, cmrfm version, and any extra ``fields``."""
-    return {"format": "cmrfm-backbone/1", "cmrfm_version": __version__, "architecture": architecture(cfg), **fields}
+    return {
+        "format": "cmrfm-backbone/1",
+        "cmrfm_version": __version__,
+        "architecture": architecture(cfg),
+        **fields,
+    }
 
 
 def save_backbone(

@@ -144,7 +144,7 @@ def kspace_artefacts(x: torch.Tensor, gen: torch.Generator, cfg: AugmentConfig) 
     Half of the affected images get line corruption, the other half ghosting; the phase-encode
     direction (rows or columns) is drawn per image. Returns magnitude images of the same shape.
     """
-    b, c, h, w = x.shape
+    b, _, h, w = x.shape
     transpose = _bernoulli(gen, b, 0.5)
     img = torch.where(transpose.view(b, 1, 1, 1), x.transpose(-2, -1), x) if h == w else x
     k = torch.fft.fftshift(torch.fft.fft2(img.float()), dim=(-2, -1))  # (B, C, H, W) complex
@@ -227,6 +227,8 @@ def multi_crop(
     x: torch.Tensor, gen: torch.Generator, crops: MultiCropConfig, cfg: AugmentConfig
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Global and local standardised views of a batch (B, 1, H, W): two lists of (B, 1, s, s)."""
-    globals_ = [augment_view(x, crops.global_size, crops.global_scale, gen, cfg) for _ in range(crops.n_global)]
+    globals_ = [
+        augment_view(x, crops.global_size, crops.global_scale, gen, cfg) for _ in range(crops.n_global)
+    ]
     locals_ = [augment_view(x, crops.local_size, crops.local_scale, gen, cfg) for _ in range(crops.n_local)]
     return globals_, locals_

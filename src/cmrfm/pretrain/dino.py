@@ -10,6 +10,7 @@ crops and predicts the teacher's patch outputs) and KoLeo (spreads the student's
 from __future__ import annotations
 
 import copy
+import itertools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -89,7 +90,7 @@ class DINOHead(nn.Module):
         super().__init__()
         dims = [in_dim] + [hidden_dim] * (max(layers, 1) - 1) + [bottleneck_dim]
         mods: list[nn.Module] = []
-        for i, (a, b) in enumerate(zip(dims[:-1], dims[1:], strict=True)):
+        for i, (a, b) in enumerate(itertools.pairwise(dims)):
             mods.append(nn.Linear(a, b))
             if i < len(dims) - 2:
                 mods.append(nn.GELU())

@@ -87,7 +87,7 @@ class MAE(Objective):
         """Masked reconstruction loss on masked patches."""
         x, order, restore = batch["image"], batch["order"], batch["restore"]
         b, n = order.shape
-        n_keep = max(1, int(round(n * (1 - self.cfg.mask_ratio))))
+        n_keep = max(1, round(n * (1 - self.cfg.mask_ratio)))
         keep = order[:, :n_keep]  # (B, K)
         latent = self.backbone.forward_tokens(x, keep=keep)  # (B, 1+K, D)
         y = self.decoder_embed(latent)  # (B, 1+K, Dd)
