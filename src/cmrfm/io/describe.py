@@ -118,3 +118,13 @@ def slug(text: str | None, fallback: str) -> str:
     """A lower-case ``[a-z0-9_]`` name for files and series (``fallback`` when empty)."""
     value = re.sub(r"[^a-z0-9]+", "_", (text or "").lower()).strip("_")
     return value or fallback
+
+
+#: Longest library error message quoted in an InputError reason (characters).
+MAX_ERROR_CHARS = 200
+
+
+def error_text(err: BaseException) -> str:
+    """A library exception as one short line: ``"TypeName: message"``."""
+    message = " ".join(str(err).split())[:MAX_ERROR_CHARS]
+    return f"{type(err).__name__}: {message}" if message else type(err).__name__

@@ -51,7 +51,7 @@ import numpy as np
 from cmrfm.constants import Sequence, View
 from cmrfm.data.study import RAS_LPS, Series, Study
 from cmrfm.errors import InputError
-from cmrfm.io.describe import guess_sequence, guess_view, sanitise_text, slug, vendor_name
+from cmrfm.io.describe import error_text, guess_sequence, guess_view, sanitise_text, slug, vendor_name
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +205,7 @@ def read_header(path: Path) -> Any | None:
             return None
     except Exception as err:  # truncated or corrupt: pydicom raises many types
         if has_dicom_preamble(path):
-            raise InputError(path, f"corrupt DICOM header ({type(err).__name__}: {err})") from None
+            raise InputError(path, f"corrupt DICOM header ({error_text(err)})") from None
         return None
     try:  # DICOM without preamble (older exports)
         ds = _dcmread(path, stop_before_pixels=True, force=True)
@@ -518,8 +518,8 @@ def scan_dicom_folder(path: str | Path) -> list[DicomSeriesLayout]:
     if not path.exists():
         raise InputError(path, "does not exist")
     groups: dict[str, list[tuple[FrameRef, Any]]] = defaultdict(list)
-    tried = corrupt = colour = 0
-    first_error = ""
+    tried = corrupt = colour = imageless = 0
+    first_error = first_imageless = ""
     for file in iter_files(path):
         tried += 1
         try:
@@ -528,7 +528,12 @@ def scan_dicom_folder(path: str | Path) -> list[DicomSeriesLayout]:
             corrupt += 1
             first_error = first_error or f"{file.name}: {err.reason}"
             continue
-        if ds is None or "Rows" not in ds or "Columns" not in ds:
+        if ds is None:
+            continue
+        if "Rows" not in ds or "Columns" not in ds:
+            if has_dicom_preamble(file) and "DirectoryRecordSequence" not in ds:
+                imageless += 1  # truncated header, or a non-image object (report, presentation state)
+                first_imageless = first_imageless or file.name
             continue
         if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
             colour += 1
@@ -537,13 +542,15 @@ def scan_dicom_folder(path: str | Path) -> list[DicomSeriesLayout]:
         try:
             refs = _frame_refs(file, ds)
         except (AttributeError, ValueError, TypeError, IndexError, KeyError) as err:
-            raise InputError(file, f"malformed image geometry ({err})") from None
+            raise InputError(file, f"malformed image geometry ({error_text(err)})") from None
         groups[key].extend((ref, ds) for ref in refs)
     if not groups:
         if tried == 0:
             raise InputError(path, "folder is empty")
         detail = f"; {corrupt} corrupt DICOM file(s), first: {first_error}" if corrupt else ""
         detail += f"; {colour} colour image(s) skipped" if colour else ""
+        if imageless:
+            detail += f"; {imageless} DICOM file(s) without a readable image header, first: {first_imageless}"
         raise InputError(path, f"no readable DICOM image among {tried} file(s){detail}")
     if corrupt:
         log.warning("%s: skipped %d corrupt DICOM file(s), first: %s", path, corrupt, first_error)
@@ -578,7 +585,7 @@ def _pixels(path: Path) -> np.ndarray:
     try:
         ds = _dcmread(path)
     except Exception as err:
-        raise InputError(path, f"DICOM file cannot be read ({type(err).__name__}: {err})") from None
+        raise InputError(path, f"DICOM file cannot be read ({error_text(err)})") from None
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise InputError(path, "DICOM file has no pixel data")
     try:
@@ -586,9 +593,7 @@ def _pixels(path: Path) -> np.ndarray:
     except Exception as err:
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         what = getattr(syntax, "name", str(syntax))
-        raise InputError(
-            path, f"pixel data cannot be decoded ({what}: {type(err).__name__}: {err})"
-        ) from None
+        raise InputError(path, f"pixel data cannot be decoded ({what}; {error_text(err)})") from None
     if array.ndim == 2:
         array = array[None]  # (1, rows, columns)
     return array

@@ -56,7 +56,7 @@ import numpy as np
 from cmrfm.constants import LABEL_NAMES, Label, Sequence, View
 from cmrfm.data.study import Series
 from cmrfm.errors import InputError
-from cmrfm.io.describe import guess_sequence, guess_view, sanitise_text, vendor_name
+from cmrfm.io.describe import error_text, guess_sequence, guess_view, sanitise_text, vendor_name
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ def read_sidecar(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(side.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise InputError(side, f"sidecar is not valid JSON ({err})") from None
+        raise InputError(side, f"sidecar is not valid JSON ({error_text(err)})") from None
     if not isinstance(data, dict):
         raise InputError(side, "sidecar must hold a JSON object")
     return data
@@ -171,11 +171,13 @@ def _load(path: Path) -> tuple[Any, np.ndarray]:
     try:
         img = nib.load(str(path))
     except Exception as err:  # nibabel, gzip and zlib raise many types on corrupt files
-        raise InputError(path, f"not a readable NIfTI file ({type(err).__name__}: {err})") from None
+        raise InputError(path, f"not a readable NIfTI file ({error_text(err)})") from None
     try:
         data = np.asarray(img.dataobj)
     except Exception as err:
-        raise InputError(path, f"image data cannot be read, file truncated or corrupt ({err})") from None
+        raise InputError(
+            path, f"image data cannot be read, file truncated or corrupt ({error_text(err)})"
+        ) from None
     return img, data
 
 

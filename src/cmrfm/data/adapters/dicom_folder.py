@@ -1,7 +1,7 @@
 """Any DICOM folder: one study (series found recursively), or a root whose sub-folders are studies.
 
-A folder is one study when DICOM images sit directly in it, or when the images found under it
-(one header sampled per sub-folder) share one StudyInstanceUID. A folder whose sub-folders are
+A folder is one study when DICOM images sit directly in it, or when every DICOM sub-folder is
+readable and all share one StudyInstanceUID (one header sampled per folder). A folder whose sub-folders are
 such studies is a root. A layout that a more specific adapter (higher priority) recognises as a
 root of its own, such as the Sunnybrook dataset folder, is left to that adapter.
 """
@@ -69,7 +69,12 @@ class DicomFolderAdapter(Adapter):
             return False
         if _has_direct_dicom(path) and sample_study_uids(path):
             return True
-        return len(sample_study_uids(path)) == 1
+        # Series in sub-folders: one study when every DICOM sub-folder reads and all share one UID;
+        # an unreadable sub-folder makes this a root so that its failure is reported.
+        per_folder = [sample_study_uids(sub) for sub in cls.list_studies(path)]
+        if not per_folder or not all(per_folder):
+            return False
+        return len(set().union(*per_folder)) == 1
 
     @classmethod
     def is_root(cls, path: Path) -> bool:
