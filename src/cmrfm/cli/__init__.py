@@ -58,7 +58,8 @@ for _name in SUBCOMMAND_MODULES:
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point: runs the app, turning cmrfm errors into one clear line."""
     try:
-        app(args=argv, standalone_mode=False)
+        # Without standalone mode click returns (not raises) the code of a `typer.Exit`.
+        result = app(args=argv, standalone_mode=False)
     except CmrfmError as err:
         if os.environ.get("CMRFM_DEBUG"):
             raise
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(err, click.exceptions.Abort):
             return 1
         raise
-    return 0
+    return result if isinstance(result, int) else 0
 
 
 if __name__ == "__main__":

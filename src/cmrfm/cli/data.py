@@ -21,6 +21,11 @@ def inspect(
     from cmrfm.io.loader import load_studies
 
     results = load_studies(path)
+    single = len(results) == 1 and results[0].source == str(path)
+    if single and results[0].error is not None and not as_json:
+        from cmrfm.errors import InputError
+
+        raise InputError(path, results[0].error)  # one study asked for: one `error:` line
     summaries = [r.study.summary() for r in results if r.study is not None]
     failures = [{"source": r.source, "error": r.error} for r in results if r.error is not None]
     if as_json:

@@ -74,5 +74,8 @@ def load_studies(path: str | Path, adapter: str | None = None) -> list[LoadResul
         try:
             results.append(LoadResult(str(study_path), study=found.load_study(study_path)))
         except CmrfmError as err:
-            results.append(LoadResult(str(study_path), error=str(getattr(err, "reason", err))))
+            # Name the file at fault when it is not the study itself (a label, one DICOM file).
+            inner = getattr(err, "path", None) not in (None, str(study_path))
+            reason = str(err) if inner else str(getattr(err, "reason", err))
+            results.append(LoadResult(str(study_path), error=reason))
     return results
