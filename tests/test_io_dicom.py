@@ -14,10 +14,11 @@ from pydicom.uid import JPEG2000Lossless, RLELossless, generate_uid
 
 from cmrfm.constants import Sequence, View
 from cmrfm.data.adapters.dicom_folder import DicomFolderAdapter
-from cmrfm.data.study import RAS_LPS
+from cmrfm.data.study import RAS_LPS, Series
 from cmrfm.io.describe import guess_sequence, guess_view, sanitise_text, vendor_name
 from cmrfm.io.dicom import read_dicom_series, read_dicom_study, scan_dicom_folder
 from cmrfm.io.loader import detect_adapter, load_studies
+from cmrfm.io.writers import save_series_dicom
 
 EXPECTED_VENDOR = {"siemens": "Siemens", "ge": "GE", "philips": "Philips", "canon": "Canon"}
 
@@ -179,3 +180,33 @@ def test_text_helpers():
     assert vendor_name("Philips Healthcare") == "Philips" and vendor_name("TOSHIBA_MEC") == "Canon"
     assert sanitise_text("cine\x00 SAX  Smith", forbidden={"smith"}) == "cine SAX [redacted]"
     assert sanitise_text("   ") is None
+
+
+@pytest.mark.parametrize(
+    ("sequence", "view", "slices"),
+    [(Sequence.CINE, View.SAX, 3), (Sequence.CINE, View.FOUR_CH, 1), (Sequence.T1_MAP, View.SAX, 2)],
+)
+def test_save_series_dicom_round_trip(tmp_path, sequence, view, slices):
+    rotation, _ = np.linalg.qr(np.random.default_rng(5).normal(size=(3, 3)))
+    if np.linalg.det(rotation) < 0:
+        rotation[:, 2] *= -1
+    affine = np.eye(4)
+    affine[:3, :3] = rotation @ np.diag([1.3, 1.7, 9.0])
+    affine[:3, 3] = [12.0, -40.0, 33.0]
+    image = np.random.default_rng(1).random((14, 10, slices, 3)).astype(np.float32) * 800 - 100
+    series = Series(
+        "study_" + str(view),
+        image,
+        affine,
+        sequence=sequence,
+        view=view,
+        frame_times_ms=np.array([0.0, 40, 80]),
+    )
+    files = save_series_dicom(series, tmp_path / "out")
+    assert len(files) == slices * 3
+    [back] = read_dicom_series(tmp_path / "out")
+    assert back.shape == series.shape
+    np.testing.assert_allclose(back.image, image, atol=900 / 65535)
+    np.testing.assert_allclose(back.affine, affine, atol=1e-4)
+    np.testing.assert_allclose(back.frame_times_ms, [0, 40, 80])
+    assert back.sequence == sequence and back.view == view

@@ -220,3 +220,24 @@ def test_real_acdc_frame_reads_with_pixdim_spacing(acdc_root):
     assert series.shape[:3] == (216, 256, 10) and series.num_frames == 1
     assert series.spacing == pytest.approx((1.5625, 1.5625, 10.0))
     assert set(np.unique(series.labels[0])) == {0, 1, 2, 3}
+
+
+def test_save_study_round_trip_through_the_nifti_adapter(tmp_path):
+    from cmrfm.constants import Group
+    from cmrfm.data.study import ClinicalInfo, Study
+    from cmrfm.io.writers import save_study
+
+    study = Study(
+        "sim0007",
+        [_cine(frames=3)],
+        clinical=ClinicalInfo(
+            group=Group.HCM, ed_frame=0, es_frame=2, extra={"lv_ef": 0.61, "bad": object()}
+        ),
+    )
+    folder = save_study(study, tmp_path / "cohort" / "sim0007")
+    back = load_study(folder)
+    assert back.study_id == "sim0007" and back.dataset == "nifti"
+    assert back.clinical.group == Group.HCM and back.clinical.es_frame == 2
+    assert back.clinical.extra == {"lv_ef": 0.61}
+    np.testing.assert_allclose(back.series[0].image, study.series[0].image, rtol=1e-6)
+    assert sorted(back.series[0].labels) == [0, 1, 2]

@@ -3,11 +3,14 @@
 A mask written with :func:`save_mask` has exactly the shape and affine of the series it was
 computed on, and the header's qform/sform (with their codes) of the NIfTI that series was read
 from, so it overlays the input in any viewer. :func:`save_series` writes an image with the sidecar
-that :func:`cmrfm.io.nifti.read_nifti` reads back (see that module for the sidecar keys).
+that :func:`cmrfm.io.nifti.read_nifti` reads back (see that module for the sidecar keys);
+:func:`save_study` writes a study folder for the ``nifti`` adapter, and :func:`save_series_dicom`
+writes classic single-frame MR DICOM files that :mod:`cmrfm.io.dicom` reads back.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -16,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from cmrfm import __version__
-from cmrfm.data.study import Series
+from cmrfm.constants import Group, Sequence, View
+from cmrfm.data.study import RAS_LPS, Series, Study, ras_to_lps
 from cmrfm.errors import InputError
 from cmrfm.io.nifti import NIFTI_SUFFIXES, nifti_stem
 
@@ -191,3 +195,134 @@ def save_series(series: Series, path: str | Path, write_labels: bool = True) -> 
         _write_nifti(seg.astype(np.uint8), series, seg_path, _frame_interval(series))
     _write_json(path.parent / f"{nifti_stem(path)}.json", side)
     return path
+
+
+#: File written beside the series of a study folder (read by the ``nifti`` adapter).
+STUDY_FILE = "study.json"
+
+
+def save_study(study: Study, folder: str | Path) -> Path:
+    """Writes a study as a NIfTI study folder the ``nifti`` adapter reads back.
+
+    Each series goes to ``<folder>/<series.name>.nii.gz`` (+ sidecar and ``_seg`` labels, see
+    :func:`save_series`) and the clinical information to ``<folder>/study.json``.
+
+    Args:
+        study: The study to write.
+        folder: Output folder (created); its name becomes the study id when read back.
+
+    Returns:
+        The folder.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for series in study.series:
+        save_series(series, folder / f"{series.name}.nii.gz")
+    clinical: dict[str, Any] = {}
+    for item in dataclasses.fields(study.clinical):
+        value = getattr(study.clinical, item.name)
+        if item.name == "extra":
+            value = {k: v for k, v in value.items() if _json_safe(v)[0]} or None
+        ok, safe = _json_safe(str(value) if isinstance(value, Group) else value)
+        if ok and value is not None:
+            clinical[item.name] = safe
+    _write_json(folder / STUDY_FILE, {"cmrfm_version": __version__, "clinical": clinical})
+    return folder
+
+
+#: Stored-value range used when writing float images as 16-bit DICOM with a rescale.
+DICOM_MAX_STORED = 65535
+
+
+def _dicom_description(series: Series) -> str:
+    """A SeriesDescription the reader's keyword rules map back to the series' sequence and view."""
+    words = [series.name]
+    if series.sequence is not None and series.sequence != Sequence.OTHER:
+        words.append(str(series.sequence))
+    if series.view is not None and series.view != View.OTHER:
+        words.append(str(series.view))
+    return " ".join(words)[:64]
+
+
+def save_series_dicom(
+    series: Series,
+    folder: str | Path,
+    study_uid: str | None = None,
+    series_number: int = 1,
+) -> list[Path]:
+    """Writes a series as classic single-frame MR DICOM files, one per slice and frame.
+
+    Geometry comes from the affine (RAS converted to DICOM LPS): ``ImagePositionPatient`` of
+    slice ``k`` is ``affine @ (0, 0, k)`` (or ``slice_positions[k]``), ``ImageOrientationPatient``
+    the first two affine columns. Intensities are stored as 16-bit values with
+    ``RescaleSlope``/``RescaleIntercept``; frame times go to ``TriggerTime``; the
+    ``SeriesDescription`` names sequence and view so that :mod:`cmrfm.io.dicom` recovers them.
+    Patient attributes are written empty.
+
+    Args:
+        series: The series to write.
+        folder: Output folder (created).
+        study_uid: StudyInstanceUID shared by the series of one study (default: a new UID).
+        series_number: SeriesNumber.
+
+    Returns:
+        The files written, slice-major.
+    """
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lps = ras_to_lps(series.affine)
+    col_step, row_step = lps[:3, 0], lps[:3, 1]  # voxel steps along i (columns) and j (rows)
+    row_dir, col_dir = col_step / np.linalg.norm(col_step), row_step / np.linalg.norm(row_step)
+    positions = (
+        np.asarray(series.slice_positions) @ RAS_LPS[:3, :3].T  # (Z, 3) RAS -> LPS
+        if series.slice_positions is not None
+        else np.stack([lps[:3, 3] + k * lps[:3, 2] for k in range(series.num_slices)])
+    )
+    low, high = float(series.image.min()), float(series.image.max())
+    slope = (high - low) / DICOM_MAX_STORED if high > low else 1.0
+    study_uid = study_uid or generate_uid()
+    series_uid, frame_uid = generate_uid(), generate_uid()
+    meta = series.metadata
+    paths = []
+    for k in range(series.num_slices):
+        for t in range(series.num_frames):
+            instance = k * series.num_frames + t + 1
+            sop_uid = generate_uid()
+            ds = Dataset()
+            ds.file_meta = FileMetaDataset()
+            ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
+            ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, sop_uid
+            ds.PatientName, ds.PatientID, ds.PatientBirthDate = "", "", ""
+            ds.Modality = "MR"
+            ds.Manufacturer = str(meta.get("manufacturer") or "cmrfm")
+            if meta.get("field_strength_t"):
+                ds.MagneticFieldStrength = float(meta["field_strength_t"])
+            ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = (
+                study_uid,
+                series_uid,
+                frame_uid,
+            )
+            ds.SeriesNumber, ds.InstanceNumber = series_number, instance
+            ds.SeriesDescription = _dicom_description(series)
+            ds.ImagePositionPatient = [float(v) for v in positions[k]]
+            ds.ImageOrientationPatient = [float(v) for v in (*row_dir, *col_dir)]
+            ds.PixelSpacing = [float(np.linalg.norm(row_step)), float(np.linalg.norm(col_step))]
+            ds.SliceThickness = float(np.linalg.norm(lps[:3, 2]))
+            if series.frame_times_ms is not None:
+                ds.TriggerTime = float(series.frame_times_ms[t])
+            plane = series.image[:, :, k, t].T  # (X, Y) -> (rows, columns)
+            stored = np.round((plane - low) / slope).astype(np.uint16)
+            ds.Rows, ds.Columns = stored.shape
+            ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+            ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = f"{slope:.10g}", f"{low:.10g}", "US"
+            ds.PixelData = np.ascontiguousarray(stored).tobytes()
+            path = folder / f"IM_{instance:05d}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            paths.append(path)
+    return paths
