@@ -120,7 +120,7 @@ def test_bad_files_reported(tmp_path):
     assert results[1].study is None and "NIfTI" in results[1].error
     three_d = write_subject(tmp_path, "C0C0C0", ed=0, es=3)
     _save(np.zeros(SHAPE, np.int16), three_d / "C0C0C0_sa.nii.gz")
-    with pytest.raises(InputError, match="expected a 4D cine"):
+    with pytest.raises(InputError, match="expected a 4D image"):
         MnmsAdapter.load_study(three_d)
 
 

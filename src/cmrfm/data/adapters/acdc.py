@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from cmrfm.constants import GROUP_ALIASES, Label, Sequence, View
-from cmrfm.data.adapters._nifti import read_nifti
+from cmrfm.data.adapters._nifti import read_volume
 from cmrfm.data.adapters.base import Adapter, register_adapter
 from cmrfm.data.study import ClinicalInfo, Series, Study
 from cmrfm.errors import InputError
@@ -117,7 +117,7 @@ def _read_label(image_path: Path, shape: tuple[int, ...], affine: np.ndarray) ->
     path = _label_path(image_path)
     if not path.is_file():
         raise InputError(path, "label file missing (load with with_labels=False for images only)")
-    mask, mask_affine = read_nifti(path)
+    mask, mask_affine = read_volume(path, 3)
     if mask.shape != shape:
         raise InputError(path, f"label shape {mask.shape} differs from the image's {shape}")
     if not np.allclose(mask_affine, affine, atol=_AFFINE_ATOL):
@@ -178,9 +178,7 @@ class AcdcAdapter(Adapter):
         volumes = {}
         affine = None
         for number in (ed, es):
-            data, frame_affine = read_nifti(frames[number])
-            if data.ndim != 3:
-                raise InputError(frames[number], f"expected a 3D frame, got shape {data.shape}")
+            data, frame_affine = read_volume(frames[number], 3)
             if affine is None:
                 affine = frame_affine
             elif data.shape != volumes[ed].shape or not np.allclose(frame_affine, affine, atol=_AFFINE_ATOL):
@@ -196,8 +194,8 @@ class AcdcAdapter(Adapter):
         metadata: dict[str, object] = {"source_frames": [ed, es], "frame_numbering": "1-based"}
         sources = [str(frames[ed]), str(frames[es])]
         if four_d is not None:
-            image, affine_4d = read_nifti(four_d)
-            if image.ndim != 4 or image.shape[:3] != volumes[ed].shape:
+            image, affine_4d = read_volume(four_d, 4)
+            if image.shape[:3] != volumes[ed].shape:
                 raise InputError(four_d, f"4D cine shape {image.shape} does not match the frames")
             if n_frames is not None and image.shape[3] != n_frames:
                 raise InputError(four_d, f"4D cine has {image.shape[3]} frames, Info.cfg says {n_frames}")

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from cmrfm.constants import GROUP_ALIASES, Label, Sequence, View
-from cmrfm.data.adapters._nifti import read_nifti
+from cmrfm.data.adapters._nifti import read_volume
 from cmrfm.data.adapters.acdc import map_labels
 from cmrfm.data.adapters.base import Adapter, register_adapter
 from cmrfm.data.study import ClinicalInfo, Series, Study
@@ -219,9 +219,7 @@ class MnmsAdapter(Adapter):
     ) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray], int | None, int | None, list[str]]:
         image_path = _nii(path, f"{path.name}_sa")
         assert image_path is not None
-        image, affine = read_nifti(image_path)
-        if image.ndim != 4:
-            raise InputError(image_path, f"expected a 4D cine (X, Y, Z, T), got shape {image.shape}")
+        image, affine = read_volume(image_path, 4)
         ed = _optional_int(row.get("ed"), csv_path, "ED")
         es = _optional_int(row.get("es"), csv_path, "ES")
         for name, value in (("ED", ed), ("ES", es)):
@@ -232,7 +230,7 @@ class MnmsAdapter(Adapter):
         labels: dict[int, np.ndarray] = {}
         gt = None
         if gt_path is not None and (with_labels or ed is None or es is None):
-            gt, gt_affine = read_nifti(gt_path)
+            gt, gt_affine = read_volume(gt_path, 4)
             if gt.shape != image.shape:
                 raise InputError(gt_path, f"label shape {gt.shape} differs from the image's {image.shape}")
             if not np.allclose(gt_affine, affine, atol=_AFFINE_ATOL):
@@ -254,9 +252,7 @@ class MnmsAdapter(Adapter):
     ) -> tuple[np.ndarray, np.ndarray, dict[int, np.ndarray], int | None, int | None, list[str]]:
         cine_path = _nii(path, f"{path.name}_SA_CINE")
         assert cine_path is not None
-        image, affine = read_nifti(cine_path)
-        if image.ndim != 4:
-            raise InputError(cine_path, f"expected a 4D cine (X, Y, Z, T), got shape {image.shape}")
+        image, affine = read_volume(cine_path, 4)
         sources = [str(cine_path)]
         found: dict[str, int] = {}
         labels: dict[int, np.ndarray] = {}
@@ -264,13 +260,13 @@ class MnmsAdapter(Adapter):
             frame_path = _nii(path, f"{path.name}_SA_{phase}")
             if frame_path is None:
                 continue
-            frame, _ = read_nifti(frame_path)
+            frame, _ = read_volume(frame_path, 3)
             if frame.shape != image.shape[:3]:
                 raise InputError(frame_path, f"shape {frame.shape} differs from the cine's {image.shape[:3]}")
             found[phase] = _closest_frame(image, frame)
             gt_path = _nii(path, f"{path.name}_SA_{phase}_gt")
             if with_labels and gt_path is not None:
-                gt, gt_affine = read_nifti(gt_path)
+                gt, gt_affine = read_volume(gt_path, 3)
                 if gt.shape != frame.shape or not np.allclose(gt_affine, affine, atol=_AFFINE_ATOL):
                     raise InputError(gt_path, "label geometry differs from the cine's")
                 labels[found[phase]] = map_labels(gt, MNMS_TO_INTERNAL, gt_path)
