@@ -167,6 +167,8 @@ def write_cine(
     study_uid: str | None = None,
     spacing_between_slices: float | None = None,
     names: str = "shuffled",
+    series_uid: str | None = None,
+    image_type: tuple[str, ...] = ("ORIGINAL", "PRIMARY", "M"),
 ) -> Written:
     """Writes a cine stack as one file per image, file names shuffled.
 
@@ -187,6 +189,8 @@ def write_cine(
         study_uid: StudyInstanceUID (default: new).
         spacing_between_slices: Header SpacingBetweenSlices (default: ``slice_gap_mm``).
         names: ``"shuffled"`` (random ``IMnnnnn`` names) or ``"instance"`` (``<InstanceNumber>.dcm``).
+        series_uid: SeriesInstanceUID (default: new).
+        image_type: ImageType values.
     """
     style = VENDOR_STYLES[vendor]
     folder.mkdir(parents=True, exist_ok=True)
@@ -199,7 +203,7 @@ def write_cine(
     positions = origin[None, :] + offsets[:, None] * normal[None, :]  # (Z, 3) ascending
     slope, intercept = style["slope"] or (1.0, 0.0)
     study_uid = study_uid or generate_uid()
-    series_uid = generate_uid()
+    series_uid = series_uid or generate_uid()
     acquisition = list(range(n_slices))[::-1] if style["descending"] else list(range(n_slices))
     values = np.zeros((cols, rows, n_slices, n_frames), dtype=np.float32)
     triggers = np.arange(n_frames) * 45.0 + 12.0
@@ -217,6 +221,7 @@ def write_cine(
         ds.SOPClassUID = MRImageStorage
         ds.SOPInstanceUID = sop_uid
         ds.InstanceNumber = instance
+        ds.ImageType = list(image_type)
         ds.ImagePositionPatient = [round(float(v), 6) for v in positions[k]]
         ds.ImageOrientationPatient = [round(float(v), 8) for v in (*row_dir, *col_dir)]
         ds.PixelSpacing = list(pixel_spacing)

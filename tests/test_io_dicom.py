@@ -210,3 +210,22 @@ def test_save_series_dicom_round_trip(tmp_path, sequence, view, slices):
     np.testing.assert_allclose(back.affine, affine, atol=1e-4)
     np.testing.assert_allclose(back.frame_times_ms, [0, 40, 80])
     assert back.sequence == sequence and back.view == view
+
+
+def test_magnitude_and_phase_in_one_series_are_split(tmp_path):
+    uid = generate_uid()
+    magnitude = write_cine(tmp_path / "psir", n_slices=2, n_frames=1, series_uid=uid, description="PSIR SAX")
+    phase = write_cine(
+        tmp_path / "psir" / "p",
+        n_slices=2,
+        n_frames=1,
+        series_uid=uid,
+        description="PSIR SAX",
+        image_type=("ORIGINAL", "PRIMARY", "P"),
+        seed=0,
+    )
+    series = read_dicom_series(tmp_path / "psir")
+    assert len(series) == 2 and all(s.shape == (12, 16, 2, 1) for s in series)
+    assert all(s.sequence == Sequence.LGE and s.view == View.SAX for s in series)
+    np.testing.assert_allclose(series[0].image, magnitude.values)
+    np.testing.assert_allclose(series[1].image, phase.values)

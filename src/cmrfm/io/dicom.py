@@ -7,7 +7,8 @@ How a folder becomes series:
    read with ``stop_before_pixels``. A folder with no readable DICOM image is an
    :class:`~cmrfm.errors.InputError`.
 2. Images are grouped by ``SeriesInstanceUID``; a series whose images differ in size,
-   orientation or pixel spacing (a three-plane localiser) is split into one series per geometry.
+   orientation, pixel spacing or ``ImageType`` (a three-plane localiser; magnitude and phase images
+   of a PSIR series) is split into one series per kind.
    Colour images (secondary captures, screenshots) are skipped.
 3. Enhanced multi-frame files contribute one image per frame, with per-frame (else shared)
    functional groups: ``PlanePositionSequence``, ``PlaneOrientationSequence``,
@@ -109,6 +110,7 @@ class FrameRef:
         intercept: Rescale intercept.
         rows: Image rows.
         columns: Image columns.
+        image_type: ``ImageType`` values (magnitude and phase images of one series differ here).
     """
 
     path: Path
@@ -122,6 +124,7 @@ class FrameRef:
     intercept: float
     rows: int
     columns: int
+    image_type: tuple[str, ...] = ()
 
 
 @dataclass
@@ -305,6 +308,8 @@ def _frame_refs(path: Path, ds: Any) -> list[FrameRef]:
     """One :class:`FrameRef` per image in the file."""
     count = int(ds.get("NumberOfFrames", 1) or 1)
     multi = count > 1 or str(ds.get("SOPClassUID", "")) in ENHANCED_SOP_CLASSES
+    raw_type = ds.get("ImageType") or ()
+    image_type = (str(raw_type),) if isinstance(raw_type, str) else tuple(str(v).upper() for v in raw_type)
     refs = []
     for index in range(count):
         frame = index if multi else None
@@ -330,6 +335,7 @@ def _frame_refs(path: Path, ds: Any) -> list[FrameRef]:
                 intercept=intercept or 0.0,
                 rows=int(ds.Rows),
                 columns=int(ds.Columns),
+                image_type=image_type,
             )
         )
     return refs
@@ -338,7 +344,7 @@ def _frame_refs(path: Path, ds: Any) -> list[FrameRef]:
 def _geometry_key(ref: FrameRef) -> tuple:
     orientation = None if ref.orientation is None else tuple(np.round(ref.orientation, GEOMETRY_DECIMALS))
     spacing = None if ref.pixel_spacing is None else tuple(np.round(ref.pixel_spacing, GEOMETRY_DECIMALS + 1))
-    return (ref.rows, ref.columns, orientation, spacing)
+    return (ref.rows, ref.columns, orientation, spacing, ref.image_type)
 
 
 def _cluster_slices(refs: list[FrameRef], normal: np.ndarray) -> list[list[FrameRef]]:
