@@ -95,6 +95,10 @@ class PretrainConfig:
         ckpt_every: Steps between checkpoints (the last step is always saved).
         keep_checkpoints: Step-numbered checkpoints kept besides ``last.pt``.
         log_every: Steps between log lines / CSV rows.
+        time_limit_min: Stop (after saving a checkpoint) once this many minutes have passed; the run
+            resumes later with ``--resume`` (0 = no limit). For fixed-budget runs on shared machines.
+        stop_at_step: Stop (after saving a checkpoint) when this step is reached, without changing the
+            schedules of ``steps`` (0 = run to the end); e.g. to split a run into sessions.
     """
 
     objective: Literal["dino", "mae"] = "dino"
@@ -115,3 +119,5 @@ class PretrainConfig:
     ckpt_every: int = 100
     keep_checkpoints: int = 1
     log_every: int = 10
+    time_limit_min: float = 0.0
+    stop_at_step: int = 0

@@ -300,7 +300,10 @@ class Trainer:
         images_total, seconds_total = 0, 0.0
         progress = _progress(ctx.is_main, cfg.steps, self.start_step)
         t_last, n_last = time.perf_counter(), 0
-        for step in range(self.start_step, cfg.steps):
+        t_start = t_last
+        end = min(cfg.steps, cfg.stop_at_step) if cfg.stop_at_step > 0 else cfg.steps
+        completed = self.start_step
+        for step in range(self.start_step, end):
             loss, grad_norm = self.train_step(step)
             n_last += 1
             done = step + 1
@@ -329,17 +332,26 @@ class Trainer:
                             f"{row['images_per_s']:.1f} img/s {row['gflops_per_s']:.0f} GFLOP/s"
                         )
                 t_last, n_last = time.perf_counter(), 0
-            if done % cfg.ckpt_every == 0 or done == cfg.steps:
-                self.save(done)
+            completed = done
+            out_of_time = self._out_of_time(t_start)
             if ctx.is_main and probe_every and (done % probe_every == 0 or done == cfg.steps):
                 result = self.probe(done)
                 self._report(f"probe at step {done}: {result}")
+            if done % cfg.ckpt_every == 0 or done == end or out_of_time:
+                self.save(done)
             t_last = time.perf_counter() if done % cfg.log_every == 0 else t_last
+            if out_of_time:
+                self._report(
+                    f"time limit of {cfg.time_limit_min} min reached at step {done}; resume with --resume"
+                )
+                break
         if progress is not None:
             progress.close()
+        if ctx.distributed:
+            self.check_replicas()
         return RunResult(
             run_dir=self.run_dir,
-            steps=cfg.steps,
+            steps=completed,
             last_loss=loss,
             images_per_s=images_total / seconds_total if seconds_total else 0.0,
             gflops_per_s=(images_total / (cfg.batch_size * ctx.world_size))
@@ -348,6 +360,35 @@ class Trainer:
             / 1e9,
             probes=self.probes,
         )
+
+    def _out_of_time(self, t_start: float) -> bool:
+        """Whether the wall-clock budget is spent (decided on rank 0, shared with every rank)."""
+        if self.cfg.time_limit_min <= 0:
+            return False
+        flag = torch.tensor([float(time.perf_counter() - t_start > 60 * self.cfg.time_limit_min)])
+        if self.ctx.distributed:
+            import torch.distributed as dist
+
+            dist.broadcast(flag, src=0)
+        return bool(flag.item())
+
+    def check_replicas(self) -> list[float]:
+        """Checks every process holds the same student weights; writes ``replicas.json`` (rank 0).
+
+        Raises:
+            RuntimeError: When the replicas have drifted apart (a DDP bug, never expected).
+        """
+        import torch.distributed as dist
+
+        with torch.no_grad():
+            total = sum(float(p.double().sum()) for p in self.objective.parameters())
+        sums: list[Any] = [None] * self.ctx.world_size
+        dist.all_gather_object(sums, total)
+        if self.ctx.is_main:
+            (self.run_dir / "replicas.json").write_text(json.dumps({"param_sums": sums}))
+        if len(set(sums)) != 1:
+            raise RuntimeError(f"DDP replicas differ after training: parameter sums {sums}")
+        return sums
 
     def _report(self, text: str) -> None:
         if self.ctx.is_main:

@@ -1,0 +1,161 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from cmrfm.config import build_config
+from cmrfm.data.shards import ShardWriter
+from cmrfm.engine.checkpoint import load_checkpoint
+from cmrfm.errors import ConfigError, InputError
+from cmrfm.models.factory import load_backbone
+from cmrfm.pretrain.config import PretrainConfig
+from cmrfm.pretrain.export import export_run
+from cmrfm.pretrain.loop import pretrain
+
+TINY = [
+    "model.depth=2",
+    "model.embed_dim=48",
+    "model.num_heads=3",
+    "model.img_size=32",
+    "model.drop_path_rate=0.1",
+    "data.image_size=40",
+    "batch_size=4",
+    "dino.crops.global_size=32",
+    "dino.crops.local_size=16",
+    "dino.crops.n_local=2",
+    "dino.out_dim=64",
+    "dino.hidden_dim=32",
+    "dino.bottleneck_dim=16",
+    "dino.freeze_last_layer_steps=2",
+    "mae.decoder_dim=32",
+    "mae.decoder_depth=1",
+    "optim.warmup_steps=2",
+    "optim.lr=1e-3",
+    "threads=1",
+    "log_every=2",
+]
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def config(tmp_path, *extra, name="run"):
+    return build_config(PretrainConfig, overrides=[*TINY, f"out={tmp_path / name}", *extra])
+
+
+def states_equal(a, b):
+    assert a.keys() == b.keys()
+    return all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("objective", ["dino", "mae"])
+def test_runs_logs_checkpoints_and_exports(tmp_path, objective):
+    extra = ["dino.ibot=true", "dino.koleo_weight=0.1"] if objective == "dino" else []
+    cfg = config(
+        tmp_path,
+        f"objective={objective}",
+        "steps=4",
+        "ckpt_every=2",
+        "probe.every=4",
+        "probe.max_images=24",
+        *extra,
+    )
+    result = pretrain(cfg)
+    assert result.steps == 4 and torch.isfinite(torch.tensor(result.last_loss))
+    run = tmp_path / "run"
+    rows = (run / "log.csv").read_text().splitlines()
+    assert rows[0].startswith("step,loss,lr") and len(rows) == 3
+    assert set(result.probes) == {0, 4} and 0 <= result.probes[4]["knn_acc"] <= 1
+    assert result.gflops_per_s > 0
+    path, _ = export_run(run, tmp_path / "w.safetensors")
+    model, card2 = load_backbone(path)
+    assert card2["objective"] == objective and card2["steps"] == 4 and card2["images_seen"] == 16
+    assert "4" in card2["probe"] or 4 in card2["probe"]
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    prefix = "teacher_backbone." if objective == "dino" else "backbone."
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state["objective"][prefix + k])
+
+
+def test_resume_is_exact_and_dino_pieces_behave(tmp_path):
+    full = config(tmp_path, "steps=6", "ckpt_every=100", "dino.ibot=true", name="full")
+    pretrain(full)
+    part = config(tmp_path, "steps=6", "ckpt_every=100", "dino.ibot=true", "stop_at_step=3", name="part")
+    assert pretrain(part).steps == 3
+    mid = load_checkpoint(tmp_path / "part" / "checkpoints" / "last.pt")
+    assert mid["step"] == 3
+    with pytest.raises(ConfigError, match="--resume"):
+        pretrain(config(tmp_path, "steps=6", "dino.ibot=true", name="part"))
+    pretrain(config(tmp_path, "steps=6", "ckpt_every=100", "dino.ibot=true", name="part"), resume=True)
+    a = load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt")
+    b = load_checkpoint(tmp_path / "part" / "checkpoints" / "last.pt")
+    assert states_equal(a["objective"], b["objective"])
+    assert a["data"] == b["data"]
+    # the head's last layer was frozen for 2 steps; the teacher moved away from its initial copy
+    step0 = load_checkpoint(tmp_path / "full" / "checkpoints" / "last.pt")["objective"]
+    assert not torch.equal(step0["teacher_backbone.pos_embed"], step0["backbone.pos_embed"])
+
+
+def test_resume_other_architecture_is_a_clear_error(tmp_path):
+    pretrain(config(tmp_path, "steps=2", "objective=mae"))
+    with pytest.raises(ConfigError, match="another architecture"):
+        pretrain(config(tmp_path, "steps=4", "objective=mae", "model.embed_dim=96"), resume=True)
+
+
+def test_sources_shards_and_faults(tmp_path):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    with ShardWriter(tmp_path / "shards", images_per_shard=5) as w:
+        for _ in range(12):
+            w.add(rng.random((48, 56)))
+    cfg = config(
+        tmp_path,
+        "objective=mae",
+        "steps=2",
+        f"data.sources=[{{kind: shards, path: {tmp_path / 'shards'}, weight: 3}}, {{kind: synthetic}}]",
+    )
+    pretrain(cfg)
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert state["data"]["sources"][0]["name"].startswith("shards:")
+    with pytest.raises(InputError, match=r"index\.json"):
+        pretrain(config(tmp_path, "steps=1", f"data.sources=[{{kind: shards, path: {tmp_path}}}]", name="x"))
+    with pytest.raises(ConfigError, match="empty"):
+        pretrain(config(tmp_path, "steps=1", "data.sources=[]", name="y"))
+    with pytest.raises(ConfigError, match="needs a path"):
+        pretrain(config(tmp_path, "steps=1", "data.sources=[{kind: cache}]", name="z"))
+    with pytest.raises(ConfigError, match="unknown config key"):
+        config(tmp_path, "dino.nope=1")
+
+
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
+    steps = 80
+    common = [*TINY, "objective=mae", f"steps={steps}", "log_every=1000"]
+    ref = build_config(PretrainConfig, overrides=[*common, f"out={tmp_path / 'ref'}", "ckpt_every=1000"])
+    pretrain(ref)
+    killed = tmp_path / "killed"
+    args = [sys.executable, "-m", "cmrfm.cli", "pretrain", *common, f"out={killed}", "ckpt_every=10"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    marker = killed / "checkpoints" / "step_00000020.pt"
+    deadline = time.time() + 60
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    stopped_at = load_checkpoint(killed / "checkpoints" / "last.pt")["step"]
+    assert 20 <= stopped_at < steps
+    subprocess.run([*args, "--resume"], env=env, check=True, capture_output=True)
+    a = load_checkpoint(tmp_path / "ref" / "checkpoints" / "last.pt")
+    b = load_checkpoint(killed / "checkpoints" / "last.pt")
+    assert b["step"] == steps
+    assert states_equal(a["objective"], b["objective"])
