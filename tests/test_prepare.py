@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import nibabel as nib
@@ -90,6 +91,11 @@ def test_prepare_and_read_back(tmp_path):
     # the record maps a cached label back onto the source grid exactly
     source = AcdcAdapter.load_study(folders[0]).series[0]
     np.testing.assert_array_equal(invert_mask(item["label"], cache.record(1)), source.labels[0][:, :, 1])
+
+    view = pickle.loads(pickle.dumps(cache.filter(study="patient003")))
+    assert len(view) == 8 and isinstance(view._images, np.memmap)
+    np.testing.assert_array_equal(view[0]["image"], cache[8]["image"])
+    assert cache.record(1) is cache.record(2)  # one parsed record per series
 
     es = cache.filter(phase="ES", study=["patient003"])
     assert len(es) == 4 and {r["frame"] for r in es.rows} == {1}

@@ -189,7 +189,18 @@ class PreparedCache:
     def record(self, i: int) -> PreprocessRecord:
         """The preprocessing record of item ``i`` (to map predictions back to the source grid)."""
         row = self._rows[int(self._indices[i])]
-        return PreprocessRecord.from_dict(self._records[row["record"]]["record"])
+        entry = self._records[row["record"]]
+        if "parsed" not in entry:
+            entry["parsed"] = PreprocessRecord.from_dict(entry["record"])
+        return entry["parsed"]
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickled (DataLoader workers under spawn, DDP) as path + view: the memory maps are
+        # re-opened on the other side instead of copying the arrays into the pickle.
+        return {"path": self.path, "indices": self._indices}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["path"], _indices=state["indices"])
 
     def __repr__(self) -> str:
         return f"PreparedCache({str(self.path)!r}, items={len(self)}, size={self.size})"

@@ -97,7 +97,7 @@ class PreprocessConfig:
             )
 
 
-@dataclass
+@dataclass(frozen=True)
 class PreprocessRecord:
     """What preprocessing did to one series; enough to invert it.
 
