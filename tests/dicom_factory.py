@@ -169,6 +169,7 @@ def write_cine(
     names: str = "shuffled",
     series_uid: str | None = None,
     image_type: tuple[str, ...] = ("ORIGINAL", "PRIMARY", "M"),
+    first_offset_mm: float = 0.0,
 ) -> Written:
     """Writes a cine stack as one file per image, file names shuffled.
 
@@ -191,6 +192,7 @@ def write_cine(
         names: ``"shuffled"`` (random ``IMnnnnn`` names) or ``"instance"`` (``<InstanceNumber>.dcm``).
         series_uid: SeriesInstanceUID (default: new).
         image_type: ImageType values.
+        first_offset_mm: Position of the first slice along the normal (to write one slice per series).
     """
     style = VENDOR_STYLES[vendor]
     folder.mkdir(parents=True, exist_ok=True)
@@ -199,7 +201,7 @@ def write_cine(
     normal = np.cross(row_dir, col_dir)
     origin = np.array([-40.0, 25.0, 60.0])
     gaps = np.asarray(gaps_mm if gaps_mm is not None else [slice_gap_mm] * (n_slices - 1), dtype=float)
-    offsets = np.concatenate([[0.0], np.cumsum(gaps)])
+    offsets = first_offset_mm + np.concatenate([[0.0], np.cumsum(gaps)])
     positions = origin[None, :] + offsets[:, None] * normal[None, :]  # (Z, 3) ascending
     slope, intercept = style["slope"] or (1.0, 0.0)
     study_uid = study_uid or generate_uid()

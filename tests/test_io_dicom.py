@@ -229,3 +229,33 @@ def test_magnitude_and_phase_in_one_series_are_split(tmp_path):
     assert all(s.sequence == Sequence.LGE and s.view == View.SAX for s in series)
     np.testing.assert_allclose(series[0].image, magnitude.values)
     np.testing.assert_allclose(series[1].image, phase.values)
+
+
+def test_one_series_per_slice_is_joined_into_a_stack(tmp_path):
+    uid = generate_uid()
+    offsets = [16.0, 0.0, 24.0, 8.0]  # series numbers do not follow the anatomy
+    parts = [
+        write_cine(
+            tmp_path / "exam" / f"s{n}",
+            n_slices=1,
+            n_frames=3,
+            first_offset_mm=offset,
+            series_number=10 + n,
+            study_uid=uid,
+            description=f"cine_sax_{n}",
+        )
+        for n, offset in enumerate(offsets)
+    ]
+    write_localiser(tmp_path / "exam" / "loc", study_uid=uid)
+    study = read_dicom_study(tmp_path / "exam")
+    stacks = [s for s in study.series if s.num_slices > 1]
+    assert len(stacks) == 1 and len(study.series) == 4  # 3 localiser planes + the joined stack
+    stack = stacks[0]
+    assert stack.shape == (12, 16, 4, 3) and stack.view == View.SAX
+    assert stack.metadata["merged_series"] == [10, 11, 12, 13]
+    order = np.argsort(offsets)
+    expected = np.concatenate([parts[n].values for n in order], axis=2)  # (X, Y, Z, T)
+    np.testing.assert_allclose(stack.image, expected)
+    assert stack.spacing[2] == pytest.approx(8.0, abs=1e-4)
+    apart = read_dicom_study(tmp_path / "exam", merge_slices=False)
+    assert len(apart.series) == 7

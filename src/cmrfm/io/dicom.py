@@ -22,7 +22,10 @@ How a folder becomes series:
    true slice step (first to last position), then converted to RAS+. Uneven slice gaps are kept in
    ``Series.slice_positions``; a disagreement with ``SpacingBetweenSlices`` is reported in
    ``metadata["slice_spacing_mismatch"]``.
-6. Pixel data is decoded by pydicom (compressed transfer syntaxes through its handlers and
+6. Cines stored as one series per slice (common on Siemens) are joined into one stack when at
+   least three single-slice series share size, orientation, spacing, frame count and sequence
+   (``metadata["merged_series"]``); ``merge_slices=False`` keeps them apart.
+7. Pixel data is decoded by pydicom (compressed transfer syntaxes through its handlers and
    pylibjpeg) and ``RescaleSlope``/``RescaleIntercept`` are applied. Philips' private
    ``MRScaleSlope`` (2005,100E) is recorded in ``metadata["philips_scale_slope"]``, not applied.
 
@@ -76,6 +79,9 @@ MIN_CINE_SPAN_MS = 100.0
 
 #: A cine with at least this many parallel slices is taken as a short-axis stack.
 MIN_SAX_STACK_SLICES = 4
+
+#: Fewest single-slice series of one geometry that are joined into a stack.
+MIN_MERGED_SLICES = 3
 
 #: Header files tried per folder when sampling StudyInstanceUIDs.
 MAX_FILES_TRIED_PER_DIR = 20
@@ -143,6 +149,7 @@ class DicomSeriesLayout:
         spacing_known: False when the files carry no geometry.
         study_uid: The StudyInstanceUID (used only to derive an opaque study key).
         identifiers: Patient name parts / ID / birth date, kept only to redact them; never output.
+        header: A representative pydicom header (not output; used to rebuild merged stacks).
     """
 
     name: str
@@ -156,6 +163,7 @@ class DicomSeriesLayout:
     spacing_known: bool = True
     study_uid: str = ""
     identifiers: set[str] = field(default_factory=set, repr=False)
+    header: Any = field(default=None, repr=False)
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -503,6 +511,7 @@ def _build_layout(name: str, refs: list[FrameRef], ds: Any, forbidden: set[str])
         spacing_known=spacing_known,
         study_uid=str(ds.get("StudyInstanceUID", "")),
         identifiers=forbidden,
+        header=ds,
     )
 
 
@@ -646,9 +655,57 @@ def load_layout(layout: DicomSeriesLayout) -> Series:
     )
 
 
-def read_dicom_series(path: str | Path) -> list[Series]:
-    """Reads every series of a DICOM folder (or one file) into :class:`Series` objects."""
-    return [load_layout(layout) for layout in scan_dicom_folder(path)]
+def _merge_key(layout: DicomSeriesLayout) -> tuple:
+    return (_geometry_key(layout.grid[0][0]), len(layout.grid[0]), layout.sequence)
+
+
+def merge_single_slice_series(layouts: list[DicomSeriesLayout]) -> list[DicomSeriesLayout]:
+    """Joins single-slice multi-frame series of one geometry into stacks.
+
+    Many scanners store a SAX cine as one series per slice. Series with one slice and several
+    frames, the same image size, orientation, pixel spacing, image type, frame count and guessed
+    sequence, at distinct positions along their common normal, become one stack when there are
+    at least :data:`MIN_MERGED_SLICES` of them; ``metadata["merged_series"]`` lists the series
+    numbers. Anything else is returned unchanged, in order.
+    """
+    groups: dict[tuple, list[DicomSeriesLayout]] = defaultdict(list)
+    for layout in layouts:
+        if len(layout.grid) == 1 and len(layout.grid[0]) > 1 and layout.spacing_known:
+            groups[_merge_key(layout)].append(layout)
+    replaced: dict[int, DicomSeriesLayout | None] = {}
+    for members in groups.values():
+        if len(members) < MIN_MERGED_SLICES:
+            continue
+        orientation = members[0].grid[0][0].orientation
+        normal = np.cross(orientation[:3], orientation[3:])
+        along = np.sort([float(m.grid[0][0].position @ normal) for m in members])
+        if np.min(np.diff(along)) <= SAME_SLICE_TOL_MM:  # repeated positions: retakes, leave alone
+            continue
+        refs = [ref for m in members for ref in m.grid[0]]
+        merged = _build_layout(f"{members[0].name}_stack", refs, members[0].header, members[0].identifiers)
+        merged.metadata["merged_series"] = [m.metadata.get("series_number") for m in members]
+        replaced[id(members[0])] = merged
+        replaced.update({id(m): None for m in members[1:]})
+    result = []
+    for layout in layouts:
+        new = replaced.get(id(layout), layout)
+        if new is not None:
+            result.append(new)
+    return result
+
+
+def read_dicom_series(path: str | Path, merge_slices: bool = True) -> list[Series]:
+    """Reads every series of a DICOM folder (or one file) into :class:`Series` objects.
+
+    Args:
+        path: A folder (searched recursively) or one DICOM file.
+        merge_slices: Join one-series-per-slice cines into stacks
+            (:func:`merge_single_slice_series`).
+    """
+    layouts = scan_dicom_folder(path)
+    if merge_slices:
+        layouts = merge_single_slice_series(layouts)
+    return [load_layout(layout) for layout in layouts]
 
 
 def study_key(study_uid: str) -> str:
@@ -656,7 +713,9 @@ def study_key(study_uid: str) -> str:
     return "dcm-" + hashlib.sha256(study_uid.encode()).hexdigest()[:10]
 
 
-def read_dicom_study(path: str | Path, study_id: str | None = None, dataset: str = "dicom") -> Study:
+def read_dicom_study(
+    path: str | Path, study_id: str | None = None, dataset: str = "dicom", merge_slices: bool = True
+) -> Study:
     """Reads a DICOM folder as one :class:`Study`.
 
     Args:
@@ -664,9 +723,13 @@ def read_dicom_study(path: str | Path, study_id: str | None = None, dataset: str
         study_id: Key for the study; default: the folder name, or a short hash of the
             StudyInstanceUID when the path is a file or its name contains a patient identifier.
         dataset: Adapter name recorded in the study.
+        merge_slices: Join one-series-per-slice cines into stacks
+            (:func:`merge_single_slice_series`).
     """
     path = Path(path)
     layouts = scan_dicom_folder(path)
+    if merge_slices:
+        layouts = merge_single_slice_series(layouts)
     series = [load_layout(layout) for layout in layouts]
     if study_id is None:
         identifiers = set().union(*(layout.identifiers for layout in layouts))
