@@ -259,3 +259,17 @@ def test_one_series_per_slice_is_joined_into_a_stack(tmp_path):
     assert stack.spacing[2] == pytest.approx(8.0, abs=1e-4)
     apart = read_dicom_study(tmp_path / "exam", merge_slices=False)
     assert len(apart.series) == 7
+
+
+def test_images_without_geometry_are_read_in_instance_order(tmp_path):
+    import pydicom
+
+    written = write_cine(tmp_path / "sc", n_slices=3, n_frames=1, names="instance")
+    for path in written.files:
+        ds = pydicom.dcmread(path)
+        for keyword in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
+            delattr(ds, keyword)
+        ds.save_as(path)
+    [series] = read_dicom_series(tmp_path / "sc")
+    assert not series.spacing_known and series.summary()["spacing_mm"] is None
+    np.testing.assert_allclose(series.image, written.values)  # siemens style: instance order = slice order

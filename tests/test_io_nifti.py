@@ -241,3 +241,22 @@ def test_save_study_round_trip_through_the_nifti_adapter(tmp_path):
     assert back.clinical.extra == {"lv_ef": 0.61}
     np.testing.assert_allclose(back.series[0].image, study.series[0].image, rtol=1e-6)
     assert sorted(back.series[0].labels) == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    "side",
+    [
+        {"metadata": ["a"]},
+        {"labelled_frames": "0,1"},
+        {"frame_times_ms": ["x", 1, 2]},
+        {"slice_positions": [[0, 0]]},
+        {"spacing_known": "yes"},
+        {"name": ""},
+    ],
+)
+def test_sidecar_keys_of_the_wrong_type(tmp_path, side):
+    path = tmp_path / "x.nii.gz"
+    nib.Nifti1Image(np.ones((8, 8, 2, 3), np.float32), np.eye(4)).to_filename(str(path))
+    (tmp_path / "x.json").write_text(json.dumps(side))
+    with pytest.raises(InputError, match=f"sidecar key '{next(iter(side))}' has an invalid value"):
+        read_nifti(path)

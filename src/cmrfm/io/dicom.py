@@ -274,6 +274,12 @@ def _float(value: Any) -> float | None:
     return result if np.isfinite(result) else None
 
 
+def _int(value: Any) -> int | None:
+    """An integer attribute, ``None`` when absent or malformed."""
+    number = _float(value)
+    return None if number is None else int(number)
+
+
 def _group_value(ds: Any, frame: int | None, sequence: str, attr: str) -> Any:
     """An attribute from the per-frame, then shared functional group, then the top level."""
     items = []
@@ -314,7 +320,7 @@ def _trigger_ms(ds: Any, frame: int | None) -> float | None:
 
 def _frame_refs(path: Path, ds: Any) -> list[FrameRef]:
     """One :class:`FrameRef` per image in the file."""
-    count = int(ds.get("NumberOfFrames", 1) or 1)
+    count = _int(ds.get("NumberOfFrames")) or 1
     multi = count > 1 or str(ds.get("SOPClassUID", "")) in ENHANCED_SOP_CLASSES
     raw_type = ds.get("ImageType") or ()
     image_type = (str(raw_type),) if isinstance(raw_type, str) else tuple(str(v).upper() for v in raw_type)
@@ -338,7 +344,7 @@ def _frame_refs(path: Path, ds: Any) -> list[FrameRef]:
                 orientation=None if orientation is None else np.asarray([float(v) for v in orientation]),
                 pixel_spacing=None if spacing is None else (float(spacing[0]), float(spacing[1])),
                 trigger_ms=_trigger_ms(ds, frame),
-                instance=int(instance or 0),
+                instance=_int(instance) or 0,
                 slope=1.0 if slope in (None, 0.0) else slope,
                 intercept=intercept or 0.0,
                 rows=int(ds.Rows),
@@ -396,7 +402,7 @@ def _header_meta(ds: Any, forbidden: set[str]) -> dict[str, Any]:
         "protocol_name": sanitise_text(ds.get("ProtocolName"), forbidden),
         "scanning_sequence": sanitise_text(_multi(ds.get("ScanningSequence"))),
         "sequence_variant": sanitise_text(_multi(ds.get("SequenceVariant"))),
-        "series_number": None if ds.get("SeriesNumber") in (None, "") else int(ds.SeriesNumber),
+        "series_number": _int(ds.get("SeriesNumber")),
         "modality": sanitise_text(ds.get("Modality")),
         "slice_thickness_mm": _float(ds.get("SliceThickness"))
         or _float(shared("PixelMeasuresSequence", "SliceThickness")),
@@ -431,7 +437,7 @@ def _build_layout(name: str, refs: list[FrameRef], ds: Any, forbidden: set[str])
     """Sorts one geometry-consistent group of images into slices × frames and builds the affine."""
     meta = _header_meta(ds, forbidden)
     first = refs[0]
-    spacing_known = first.orientation is not None and first.position is not None
+    spacing_known = all(r.orientation is not None and r.position is not None for r in refs)
     orientation = first.orientation if first.orientation is not None else np.array([1.0, 0, 0, 0, 1.0, 0])
     row_dir, col_dir = orientation[:3], orientation[3:]
     normal = np.cross(row_dir, col_dir)
@@ -550,7 +556,7 @@ def scan_dicom_folder(path: str | Path) -> list[DicomSeriesLayout]:
                 imageless += 1  # truncated header, or a non-image object (report, presentation state)
                 first_imageless = first_imageless or file.name
             continue
-        if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+        if (_int(ds.get("SamplesPerPixel")) or 1) != 1:
             colour += 1
             continue
         key = str(ds.get("SeriesInstanceUID", "") or f"number-{ds.get('SeriesNumber', '')}")
@@ -576,14 +582,14 @@ def scan_dicom_folder(path: str | Path) -> list[DicomSeriesLayout]:
         by_geometry: dict[tuple, list[FrameRef]] = defaultdict(list)
         for ref, _ in items:
             by_geometry[_geometry_key(ref)].append(ref)
-        number = ds.get("SeriesNumber")
+        number = _int(ds.get("SeriesNumber"))
         description = sanitise_text(ds.get("SeriesDescription"), forbidden)
-        base = f"s{int(number):03d}" if number not in (None, "") else "series"
+        base = "series" if number is None else f"s{number:03d}"
         base = f"{base}_{slug(description, '')}".rstrip("_")
         ordered = sorted(by_geometry.values(), key=lambda refs: (-len(refs), refs[0].instance))
         for part, refs in enumerate(ordered):
             name = base if len(ordered) == 1 else f"{base}_{part + 1}"
-            order = (int(number) if number not in (None, "") else 0, key, part)
+            order = (number or 0, key, part)
             layouts.append((order, _build_layout(name, refs, ds, forbidden)))
     layouts.sort(key=lambda item: item[0])
     result = [layout for _, layout in layouts]

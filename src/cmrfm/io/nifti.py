@@ -157,7 +157,32 @@ def read_sidecar(path: Path) -> dict[str, Any]:
         raise InputError(side, f"sidecar is not valid JSON ({error_text(err)})") from None
     if not isinstance(data, dict):
         raise InputError(side, "sidecar must hold a JSON object")
+    _check_sidecar_types(data, side)
     return data
+
+
+def _is_number_list(value: Any, integers: bool = False) -> bool:
+    kinds = (int,) if integers else (int, float)
+    return isinstance(value, list) and all(isinstance(v, kinds) and not isinstance(v, bool) for v in value)
+
+
+def _check_sidecar_types(data: dict[str, Any], where: Path) -> None:
+    """Refuses cmrfm sidecar keys of the wrong JSON type (dcm2niix keys are free-form)."""
+    checks = {
+        "name": lambda v: isinstance(v, str) and v.strip() != "",
+        "metadata": lambda v: isinstance(v, dict),
+        "label_names": lambda v: isinstance(v, dict),
+        "frame_times_ms": _is_number_list,
+        "labelled_frames": lambda v: _is_number_list(v, integers=True),
+        "label_frame": lambda v: isinstance(v, int) and not isinstance(v, bool),
+        "slice_positions": lambda v: (
+            isinstance(v, list) and all(_is_number_list(p) and len(p) == 3 for p in v)
+        ),
+        "spacing_known": lambda v: isinstance(v, bool),
+    }
+    for key, ok in checks.items():
+        if data.get(key) is not None and not ok(data[key]):
+            raise InputError(where, f"sidecar key {key!r} has an invalid value {data[key]!r:.80}")
 
 
 def _load(path: Path) -> tuple[Any, np.ndarray]:
