@@ -129,3 +129,41 @@ def test_faults(tmp_path):
         ShardWriter(root)
     index = json.loads((empty / INDEX_NAME).read_text())
     assert index["num_images"] == 0
+
+
+def test_build_shards_from_a_nifti_study(tmp_path):
+    import nibabel as nib
+
+    from cmrfm.data.shards import build_shards
+
+    rng = np.random.default_rng(0)
+    vol = rng.random((64, 48, 3, 2)).astype(np.float32)  # (X, Y, Z, T)
+    nib.save(nib.Nifti1Image(vol, np.diag([2.0, 2.0, 8.0, 1.0])), tmp_path / "cine.nii.gz")
+    report = build_shards(
+        [tmp_path / "cine.nii.gz"], tmp_path / "out", size=32, crop_mm=80, images_per_shard=4
+    )
+    assert report.num_images == 6 and report.num_shards == 2 and not report.failures
+    ds = ShardDataset(tmp_path / "out")
+    assert len(ds) == 6 and ds[0].shape == (32, 32)
+    # 80 mm at 2 mm/pixel = a 40-pixel centre crop of slice 0, frame 0, resized to 32
+    from cmrfm.data.shards import _square_resize, rescale_unit
+
+    ref = rescale_unit(_square_resize(vol[:, :, 0, 0].T, 40, 32))
+    assert np.abs(ds[0] - ref).max() <= 1 / 255 + 1e-6
+
+
+def test_build_shards_reports_unreadable_input(tmp_path):
+    from cmrfm.data.shards import build_shards
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError):
+        build_shards([tmp_path / "empty"], tmp_path / "out")
+
+
+@pytest.mark.realdata
+def test_build_shards_acdc_patient(acdc_root, tmp_path):
+    from cmrfm.data.shards import build_shards
+
+    report = build_shards([acdc_root / "patient001"], tmp_path / "s", size=64)
+    assert report.num_images > 0 and not report.failures
+    assert ShardDataset(tmp_path / "s")[0].shape == (64, 64)

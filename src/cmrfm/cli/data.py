@@ -55,6 +55,29 @@ def prepare(
         raise typer.Exit(1)
 
 
+@data_app.command("shard")
+def shard(
+    inputs: list[Path] = typer.Argument(
+        ..., help="Prepared caches (cmrfm data prepare) and/or studies, dataset roots or DICOM folders."
+    ),
+    out: Path = typer.Option(..., "--out", help="Output shard folder (created; refuses to overwrite)."),
+    dtype: str = typer.Option("uint8", "--dtype", help="Pixel storage: uint8 or float16."),
+    images_per_shard: int = typer.Option(2048, "--images-per-shard", help="Images per shard file."),
+    size: int = typer.Option(128, "--size", help="Output side in pixels (0 keeps each image's size)."),
+    crop_mm: float = typer.Option(200.0, "--crop-mm", help="Centre field of view cut from raw studies (mm)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing shard folder at OUT."),
+) -> None:
+    """Write every 2D image of INPUTS into streaming shards for pretraining (labels dropped)."""
+    from cmrfm.data.shards import build_shards
+
+    report = build_shards(
+        list(inputs), out, dtype, images_per_shard, size, crop_mm, overwrite=overwrite, progress=True
+    )
+    typer.echo(report.describe())
+    if report.failures:
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
     """Adds the ``data`` group to the root app."""
     app.add_typer(data_app, name="data")
