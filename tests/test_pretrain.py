@@ -3,6 +3,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -159,3 +160,26 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     b = load_checkpoint(killed / "checkpoints" / "last.pt")
     assert b["step"] == steps
     assert states_equal(a["objective"], b["objective"])
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).parents[1].glob("configs/pretrain/*.yaml")))
+def test_shipped_configs_parse(path):
+    from cmrfm.pretrain.loop import model_config
+
+    cfg = build_config(PretrainConfig, yaml_paths=[path])
+    assert model_config(cfg).depth > 0 and cfg.steps > 0
+
+
+def test_cli_runs_with_overrides_and_exports(tmp_path, capsys):
+    from cmrfm.cli import main
+
+    out = tmp_path / "cli"
+    argv = ["pretrain", *TINY, "objective=mae", "steps=2", f"out={out}"]
+    assert main(argv) == 0
+    assert "done: 2 steps" in capsys.readouterr().out
+    assert main(["pretrain", "export", str(out), "--out", str(tmp_path / "w.safetensors"), "--fp16"]) == 0
+    _, card = load_backbone(tmp_path / "w.safetensors")
+    assert card["dtype"] == "float16" and card["objective"] == "mae"
+    assert main(["pretrain", "nope.key=1"]) == 2
+    assert "unknown config key" in capsys.readouterr().err
+    assert main(["pretrain", "export", str(tmp_path / "none"), "--out", str(tmp_path / "x.safetensors")]) == 2
