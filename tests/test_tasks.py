@@ -13,10 +13,11 @@ TINY = {"embed_dim": 32, "depth": 2, "num_heads": 2}
 
 
 @pytest.mark.parametrize("task_id", TASKS.names())
-@pytest.mark.parametrize("mode", ["full", "linear"])
-def test_task_trains_and_evaluates(task_id, mode, tmp_path):
+@pytest.mark.parametrize(("model", "mode"), [("vit", "full"), ("vit", "linear"), ("baseline", "full")])
+def test_task_trains_and_evaluates(task_id, model, mode, tmp_path):
     cfg = FinetuneConfig(
         task=task_id,
+        model=model,
         synthetic=True,
         image_size=32,
         backbone=TINY,
@@ -37,7 +38,7 @@ def test_task_trains_and_evaluates(task_id, mode, tmp_path):
         result.eval_subjects
     )
     _, card = load_task_model(result.weights)
-    assert card["task"] == task_id and card["mode"] == mode
+    assert card["task"] == task_id and card["mode"] == mode and card["model"] == model
 
 
 def test_registry_ids_and_info():

@@ -38,7 +38,7 @@ from cmrfm.errors import ConfigError, InputError
 from cmrfm.models.factory import architecture, build_backbone, check_architecture, load_backbone
 from cmrfm.models.vit import ViTConfig
 from cmrfm.tasks import TASKS
-from cmrfm.tasks.base import EvalResult, Task, TaskData, TaskModel
+from cmrfm.tasks.base import BaselineModel, EvalResult, Task, TaskData, TaskModel
 
 Mode = Literal["full", "frozen", "linear"]
 
@@ -49,6 +49,8 @@ class FinetuneConfig:
 
     Attributes:
         task: Task id (``cmrfm tasks`` lists them).
+        model: ``vit`` (backbone + task head) or ``baseline`` (the task's conventional model:
+            DynUNet for dense tasks, a small CNN for classification) for matched-budget comparisons.
         init: Pretrained backbone (.safetensors); ``None`` trains from scratch.
         preset: Backbone preset when training from scratch.
         backbone: Architecture overrides of the preset when training from scratch (e.g. ``depth``).
@@ -74,6 +76,7 @@ class FinetuneConfig:
     """
 
     task: str = ""
+    model: Literal["vit", "baseline"] = "vit"
     init: str | None = None
     preset: str = "tiny"
     backbone: dict[str, Any] = field(default_factory=dict)
@@ -161,9 +164,13 @@ def _cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def build_model(task: Task, cfg: FinetuneConfig) -> tuple[TaskModel, dict[str, Any]]:
-    """Backbone (pretrained or fresh) plus the task head, frozen as the mode asks."""
+def build_model(task: Task, cfg: FinetuneConfig) -> tuple[TaskModel | BaselineModel, dict[str, Any]]:
+    """Backbone (pretrained or fresh) plus the task head, frozen as the mode asks; or the baseline."""
     card: dict[str, Any] = {}
+    if cfg.model == "baseline":
+        if cfg.init or cfg.mode != "full":
+            raise ConfigError("model=baseline trains from scratch: leave init empty and mode=full")
+        return BaselineModel(task, task.build_baseline(cfg.image_size)), card
     if cfg.init:
         backbone, card = load_backbone(cfg.init)
     else:
@@ -202,7 +209,16 @@ class StepBatchSampler(Sampler[list[int]]):
         return self.stop - self.start
 
 
-def _optimizer(model: TaskModel, cfg: FinetuneConfig) -> torch.optim.Optimizer:
+def model_architecture(model: TaskModel | BaselineModel, image_size: int | None = None) -> dict[str, Any]:
+    """The card's ``architecture`` entry: the ViT config, or the baseline kind and input size."""
+    if isinstance(model, BaselineModel):
+        return {"name": "baseline", "task": model.task.info.id, "image_size": image_size}
+    return architecture(model.backbone.cfg)
+
+
+def _optimizer(model: TaskModel | BaselineModel, cfg: FinetuneConfig) -> torch.optim.Optimizer:
+    if isinstance(model, BaselineModel):
+        return build_adamw(param_groups(model, cfg.optim.weight_decay), cfg.optim)
     backbone = model.backbone
     groups = param_groups(
         model,
@@ -227,7 +243,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def train_steps(
-    model: TaskModel,
+    model: TaskModel | BaselineModel,
     dataset: Dataset,
     cfg: FinetuneConfig,
     out: Path,
@@ -242,7 +258,7 @@ def train_steps(
     start = 0
     if cfg.resume and ckpt.exists():
         state = ckpt.load()
-        if state.get("architecture") != architecture(model.backbone.cfg):
+        if state.get("architecture") != model_architecture(model, cfg.image_size):
             raise InputError(ckpt.last, "checkpoint is of another architecture than this run's backbone")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -264,7 +280,7 @@ def train_steps(
         )
     )
     model.train()
-    if cfg.mode in ("frozen", "linear"):
+    if cfg.mode in ("frozen", "linear") and isinstance(model, TaskModel):
         model.backbone.eval()
     from rich.progress import Progress
 
@@ -299,7 +315,7 @@ def train_steps(
                         "optimizer": optimizer.state_dict(),
                         "rng": rng_state(),
                         "step": done,
-                        "architecture": architecture(model.backbone.cfg),
+                        "architecture": model_architecture(model, cfg.image_size),
                     },
                     done,
                 )
@@ -307,13 +323,19 @@ def train_steps(
     return cfg.steps
 
 
-def export_model(model: TaskModel, path: Path, card: dict[str, Any], fp16: bool) -> Path:
-    """Saves backbone + head weights (safetensors) with a task model card."""
+def export_model(
+    model: TaskModel | BaselineModel,
+    path: Path,
+    card: dict[str, Any],
+    fp16: bool,
+    image_size: int | None = None,
+) -> Path:
+    """Saves backbone + head (or baseline) weights as safetensors with a task model card."""
     full = {
         "format": "cmrfm-task/1",
         "cmrfm_version": __version__,
         "task": model.task.info.id,
-        "architecture": architecture(model.backbone.cfg),
+        "architecture": model_architecture(model, image_size),
         "classes": list(model.task.info.classes),
         "task_config": to_dict(model.task.config),
         **card,
@@ -321,19 +343,23 @@ def export_model(model: TaskModel, path: Path, card: dict[str, Any], fp16: bool)
     return save_weights(model.state_dict(), path, full, fp16=fp16)
 
 
-def load_task_model(path: str | Path) -> tuple[TaskModel, dict[str, Any]]:
+def load_task_model(path: str | Path) -> tuple[TaskModel | BaselineModel, dict[str, Any]]:
     """Loads a model written by :func:`export_model`; clear errors for other files or tasks."""
     from cmrfm.engine.checkpoint import load_weights
 
     tensors, card = load_weights(path)
     if card.get("format") != "cmrfm-task/1" or "task" not in card:
         raise InputError(path, "not a cmrfm task model (its card has no task; is it a backbone?)")
-    vit_cfg = check_architecture(card, None, path)
     task = build_task(card["task"], card.get("task_config") or {})
-    backbone = build_backbone(vit_cfg)
-    linear = card.get("mode") == "linear"
-    head = task.build_head(vit_cfg.embed_dim, len(vit_cfg.levels()), vit_cfg.patch_size, linear=linear)
-    model = TaskModel(task, backbone, head)
+    arch = card.get("architecture") or {}
+    if arch.get("name") == "baseline":
+        model: TaskModel | BaselineModel = BaselineModel(task, task.build_baseline(int(arch["image_size"])))
+    else:
+        vit_cfg = check_architecture(card, None, path)
+        backbone = build_backbone(vit_cfg)
+        linear = card.get("mode") == "linear"
+        head = task.build_head(vit_cfg.embed_dim, len(vit_cfg.levels()), vit_cfg.patch_size, linear=linear)
+        model = TaskModel(task, backbone, head)
     state = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
@@ -375,6 +401,7 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> RunResult:
     seconds = time.perf_counter() - started
     card = {
         "mode": cfg.mode,
+        "model": cfg.model,
         "init": init_card.get("objective", "scratch") if cfg.init else "scratch",
         "init_weights": Path(cfg.init).name if cfg.init else None,
         "data": data.description,
@@ -386,7 +413,7 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> RunResult:
         "metrics": None if result is None else result.metrics,
         "train_seconds": round(seconds, 1),
     }
-    weights = export_model(model, out / "model.safetensors", card, cfg.export_fp16)
+    weights = export_model(model, out / "model.safetensors", card, cfg.export_fp16, cfg.image_size)
     return RunResult(out, weights, result, train_ids, eval_ids, seconds, steps)
 
 

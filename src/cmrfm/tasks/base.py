@@ -84,6 +84,19 @@ class EvalResult:
     per_subject: list[dict[str, Any]] = field(default_factory=list)
 
 
+class BaselineModel(nn.Module):
+    """A conventional model for a task (see :meth:`Task.build_baseline`); called like :class:`TaskModel`."""
+
+    def __init__(self, task: Task, net: nn.Module) -> None:
+        super().__init__()
+        self.task = task
+        self.net = net
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Task outputs for a batch."""
+        return self.net(batch)
+
+
 class TaskModel(nn.Module):
     """A backbone and a task head, called through the task's :meth:`Task.forward`."""
 
@@ -125,6 +138,13 @@ class Task(ABC):
 
         ``linear=True`` asks for the linear-probe head (a linear map of frozen features).
         """
+
+    def build_baseline(self, image_size: int) -> nn.Module:
+        """A conventional model (no ViT) for comparisons at a matched budget.
+
+        Its ``forward(batch)`` returns the same outputs as :meth:`forward`.
+        """
+        raise NotImplementedError(f"task {self.info.id} has no baseline model")
 
     @abstractmethod
     def forward(self, backbone: nn.Module, head: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:

@@ -20,12 +20,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from cmrfm import metrics
+from cmrfm.models.baselines import SmallCNN, dynunet_2d
 from cmrfm.models.heads import (
     AttentionPool,
     ClassificationHead,
     LandmarkHead,
     LinearDecoder,
     SegmentationDecoder,
+    soft_argmax_2d,
 )
 from cmrfm.models.vit import standardize
 from cmrfm.tasks.base import EvalResult, Task, TaskModel, pad_set_collate
@@ -99,6 +101,10 @@ class SegmentationTask(Task):
                 small = F.interpolate(target[:, None].float(), size=logits.shape[-2:], mode="nearest")
                 total = total + cfg.deep_supervision * self._seg_loss(logits, small[:, 0].long())
         return total
+
+    def build_baseline(self, image_size: int) -> nn.Module:
+        """MONAI DynUNet (nnU-Net-style 2D) with the same outputs as the ViT model."""
+        return SegmentationBaseline(len(self.info.classes), image_size)
 
     def _seg_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         cfg = self.config
@@ -183,15 +189,22 @@ class ClassificationConfig:
 
 
 class StudyClassifier(nn.Module):
-    """Attention pooling over per-image embeddings (+ optional study features) -> logits."""
+    """Attention pooling over per-image embeddings (+ optional study features) -> logits.
 
-    def __init__(self, embed_dim: int, num_classes: int, num_features: int = 0, dropout: float = 0.1) -> None:
+    Args:
+        in_dim: Width of each image embedding.
+        num_classes: Output classes.
+        num_features: Length of the optional per-study feature vector.
+        dropout: Dropout before the classifier.
+    """
+
+    def __init__(self, in_dim: int, num_classes: int, num_features: int = 0, dropout: float = 0.1) -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(2 * embed_dim)
-        self.pool = AttentionPool(2 * embed_dim)
+        self.norm = nn.LayerNorm(in_dim)
+        self.pool = AttentionPool(in_dim)
         self.features = nn.Sequential(nn.Linear(num_features, 64), nn.GELU()) if num_features else None
         self.drop = nn.Dropout(dropout)
-        self.fc = nn.Linear(2 * embed_dim + (64 if num_features else 0), num_classes)
+        self.fc = nn.Linear(in_dim + (64 if num_features else 0), num_classes)
 
     def forward(
         self, embeddings: torch.Tensor, mask: torch.Tensor, features: torch.Tensor | None = None
@@ -219,8 +232,14 @@ class ClassificationTask(Task):
         """Linear head (image level) or attention-pooling head (study level); both suit linear probes."""
         n = len(self.info.classes)
         if self.info.level == "study":
-            return StudyClassifier(embed_dim, n, self.num_features, self.config.dropout)
+            return StudyClassifier(2 * embed_dim, n, self.num_features, self.config.dropout)
         return ClassificationHead(embed_dim, n, self.config.dropout)
+
+    def build_baseline(self, image_size: int) -> nn.Module:
+        """A small residual CNN encoder with the same head structure as the ViT model."""
+        return ClassificationBaseline(
+            len(self.info.classes), self.info.level, self.num_features, self.config.dropout
+        )
 
     def collate(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         """Pads image sets for study-level tasks."""
@@ -332,6 +351,10 @@ class LandmarkTask(Task):
                 target[flip, i], target[flip, j] = tj, ti
         return target, valid
 
+    def build_baseline(self, image_size: int) -> nn.Module:
+        """MONAI DynUNet heatmaps with the same soft-argmax read-out."""
+        return LandmarkBaseline(len(self.info.classes), image_size)
+
     def build_head(self, embed_dim: int, num_levels: int, patch_size: int, linear: bool = False) -> nn.Module:
         """Heatmap decoder (or linear probe) with soft-argmax read-out."""
         return LandmarkHead(embed_dim, num_levels, patch_size, len(self.info.classes), linear=linear)
@@ -386,3 +409,57 @@ class LandmarkTask(Task):
                 row["error_mm"] = float(np.nanmean(np.where(valid[i], err[i], np.nan)))
                 rows.append(row)
         return summarise_rows(rows, primary="error_mm")
+
+
+# ------------------------------------------------------------------------------------ baselines
+
+
+class SegmentationBaseline(nn.Module):
+    """DynUNet on the standardised image; ``forward(batch)`` returns what :class:`SegmentationTask` uses."""
+
+    def __init__(self, num_classes: int, image_size: int) -> None:
+        super().__init__()
+        self.net = dynunet_2d(num_classes, image_size)
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Logits ``(B, C, H, W)`` (a single stage: no deep supervision)."""
+        logits = self.net(standardize(batch["image"]))
+        return {"logits": logits, "stage_logits": [logits]}
+
+
+class ClassificationBaseline(nn.Module):
+    """SmallCNN embeddings -> linear head (image level) or attention pooling (study level)."""
+
+    def __init__(self, num_classes: int, level: str, num_features: int, dropout: float) -> None:
+        super().__init__()
+        self.level = level
+        self.encoder = SmallCNN()
+        dim = self.encoder.out_dim
+        if level == "study":
+            self.head: nn.Module = StudyClassifier(dim, num_classes, num_features, dropout)
+        else:
+            self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, num_classes))
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Class logits (and attention for study-level items)."""
+        if self.level == "image":
+            return {"logits": self.head(self.encoder(standardize(batch["image"])))}
+        images, mask = batch["images"], batch["set_mask"]  # (B, S, 1, H, W), (B, S)
+        emb_real = self.encoder(standardize(images[mask]))  # (M, F)
+        emb = emb_real.new_zeros((*mask.shape, emb_real.shape[-1]))
+        emb[mask] = emb_real  # (B, S, F)
+        logits, weights = self.head(emb, mask, batch.get("features"))
+        return {"logits": logits, "attention": weights}
+
+
+class LandmarkBaseline(nn.Module):
+    """DynUNet heatmaps with soft-argmax coordinates."""
+
+    def __init__(self, num_landmarks: int, image_size: int) -> None:
+        super().__init__()
+        self.net = dynunet_2d(num_landmarks, image_size)
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Heatmaps ``(B, K, H, W)`` and coordinates ``(B, K, 2)``."""
+        heatmaps = self.net(standardize(batch["image"]))
+        return {"heatmaps": heatmaps, "coords": soft_argmax_2d(heatmaps)}
