@@ -58,3 +58,16 @@ def test_none_and_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         build_config(Run, [tmp_path / "nope.yaml"])
     assert parse_overrides(["a.b=1"]) == {"a": {"b": 1}}
+
+
+def test_yaml12_booleans_keep_words(tmp_path):
+    from typing import Literal
+
+    @dataclass
+    class Amp:
+        amp: Literal["auto", "bf16", "off"] = "auto"
+        flag: bool = False
+
+    assert build_config(Amp, [], ["amp=off", "flag=on"]) == Amp(amp="off", flag=True)
+    (tmp_path / "a.yaml").write_text("amp: off\nflag: true\n")
+    assert build_config(Amp, [tmp_path / "a.yaml"]) == Amp(amp="off", flag=True)

@@ -11,6 +11,7 @@ list the valid keys, so a typo never silently does nothing.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -22,6 +23,23 @@ import yaml
 from cmrfm.errors import ConfigError
 
 C = TypeVar("C")
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 booleans: only true/false, so ``amp: off`` stays the string "off"."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    key: [r for r in resolvers if r[0] != "tag:yaml.org,2002:bool"]
+    for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+
+
+def _load(text: str) -> Any:
+    return yaml.load(text, Loader=_Yaml12Loader)  # a SafeLoader subclass: no arbitrary objects
 
 
 def _field_types(cls: type) -> dict[str, Any]:
@@ -60,7 +78,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         if isinstance(value, str):
             text = value.strip()
             if text.startswith(("[", "(")):
-                value = yaml.safe_load(text.replace("(", "[").replace(")", "]"))
+                value = _load(text.replace("(", "[").replace(")", "]"))
             else:
                 value = [v for v in text.split(",") if v != ""]
         if not isinstance(value, list | tuple):
@@ -75,7 +93,7 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         return [_coerce(v, inner, key) for v in value]
     if origin is dict:
         if isinstance(value, str):
-            value = yaml.safe_load(value)
+            value = _load(value)
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         return dict(value)
@@ -141,7 +159,7 @@ def parse_overrides(overrides: Iterable[str]) -> dict[str, Any]:
         if not key:
             raise ConfigError(f"override {item!r} has an empty key")
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            value = _load(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
         node = nested
@@ -160,7 +178,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = _load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML ({err})") from None
     if not isinstance(data, dict):

@@ -232,7 +232,8 @@ def _optimizer(model: TaskModel | BaselineModel, cfg: FinetuneConfig) -> torch.o
     return build_adamw(groups, cfg.optim)
 
 
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Writes dict rows as CSV (union of keys as columns); nothing for no rows."""
     if not rows:
         return
     keys = list(dict.fromkeys(k for row in rows for k in row))
@@ -397,7 +398,7 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> RunResult:
         (out / "metrics.json").write_text(
             json.dumps({"metrics": result.metrics, "intervals": result.intervals}, indent=2)
         )
-        _write_csv(out / "per_subject.csv", result.per_subject)
+        write_csv(out / "per_subject.csv", result.per_subject)
     seconds = time.perf_counter() - started
     card = {
         "mode": cfg.mode,

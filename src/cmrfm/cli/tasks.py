@@ -1,0 +1,155 @@
+"""``cmrfm tasks | finetune | evaluate | fewshot``: the clinical tasks, their training and evaluation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from cmrfm.errors import ConfigError
+
+_KV_HELP = "Overrides as key=value (e.g. steps=500 optim.lr=1e-4 task_options.root=DIR)."
+
+
+def list_tasks() -> None:
+    """List the registered clinical tasks with their kind, data source and primary metric."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from cmrfm.tasks import TASKS
+
+    table = Table(title="cmrfm tasks", title_justify="left")
+    for column in ("id", "kind", "level", "data", "metric", "classes"):
+        table.add_column(column)
+    for task_id in TASKS.names():
+        info = TASKS.get(task_id).info
+        table.add_row(info.id, info.kind, info.level, info.data, info.metric, ", ".join(info.classes))
+    Console().print(table)
+
+
+def _finetune_config(
+    task: str, init: Path | None, mode: str | None, config: list[Path], overrides: list[str]
+):
+    from cmrfm.config import build_config
+    from cmrfm.engine.finetune import FinetuneConfig
+
+    cfg = build_config(FinetuneConfig, yaml_paths=config or [], overrides=overrides or [])
+    updates = {"task": task}
+    if init is not None:
+        updates["init"] = str(init)
+    if mode is not None:
+        updates["mode"] = mode
+    import dataclasses
+
+    return dataclasses.replace(cfg, **updates)
+
+
+def finetune(
+    task: str = typer.Option(..., "--task", "-t", help="Task id (see `cmrfm tasks`)."),
+    init: Path = typer.Option(
+        None, "--init", help="Pretrained backbone .safetensors (default: from scratch)."
+    ),
+    mode: str = typer.Option(None, "--mode", help="full | frozen | linear."),
+    config: list[Path] = typer.Option(None, "--config", "-c", help="YAML config(s), merged in order."),
+    overrides: list[str] = typer.Argument(None, help=_KV_HELP),
+) -> None:
+    """Fine-tune a backbone (or train a baseline with model=baseline) on one task and evaluate it."""
+    from cmrfm.engine.finetune import finetune as run
+
+    cfg = _finetune_config(task, init, mode, config, overrides)
+    result = run(cfg)
+    _print_metrics(result.eval.metrics if result.eval else {}, result.eval.intervals if result.eval else {})
+    typer.echo(f"weights: {result.weights} ({result.steps} steps, {result.seconds:.0f} s)")
+
+
+def evaluate(
+    task: str = typer.Option(..., "--task", "-t", help="Task id."),
+    weights: Path = typer.Option(
+        ..., "--weights", "-w", help="A task model .safetensors from `cmrfm finetune`."
+    ),
+    data: Path = typer.Option(
+        None, "--data", help="Dataset root or prepared cache (default: the task's data)."
+    ),
+    fold: int = typer.Option(-1, "--fold", help="Evaluate only this held-out fold (-1: every subject)."),
+    folds: int = typer.Option(5, "--folds", help="Number of folds for --fold."),
+    seed: int = typer.Option(0, "--seed", help="Split seed for --fold."),
+    out: Path = typer.Option(None, "--out", help="Folder for metrics.json and per_subject.csv."),
+) -> None:
+    """Evaluate task weights on labelled data: a metric table, plus JSON/CSV when --out is given."""
+    from cmrfm.engine.finetune import FinetuneConfig, load_task_model, split_subjects, write_csv
+
+    model, card = load_task_model(weights)
+    if card["task"] != task:
+        raise ConfigError(f"{weights} holds a {card['task']!r} model, not {task!r}")
+    if data is not None:
+        key = "cache" if (data / "cache.json").is_file() else "root"
+        setattr(model.task.config, key, str(data))
+    corpus = model.task.load_data()
+    if fold >= 0:
+        _, subjects = split_subjects(corpus, FinetuneConfig(task=task, fold=fold, folds=folds, seed=seed))
+    else:
+        subjects = corpus.subjects
+    result = model.task.evaluate(model, corpus.make_dataset(subjects, False))
+    _print_metrics(result.metrics, result.intervals)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "task": task,
+            "weights": str(weights),
+            "subjects": len(subjects),
+            "metrics": result.metrics,
+        }
+        payload["intervals"] = result.intervals
+        (out / "metrics.json").write_text(json.dumps(payload, indent=2))
+        write_csv(out / "per_subject.csv", result.per_subject)
+        typer.echo(f"wrote {out / 'metrics.json'} and {out / 'per_subject.csv'}")
+
+
+def fewshot(
+    task: str = typer.Option(..., "--task", "-t", help="Task id."),
+    k: str = typer.Option(
+        "1,2,5,10,20,all", "--k", help="Labelled subjects per run, comma-separated (all = every)."
+    ),
+    seeds: int = typer.Option(3, "--seeds", help="Seeds per k."),
+    init: Path = typer.Option(None, "--init", help="Pretrained backbone for the 'pretrained' method."),
+    methods: str = typer.Option("pretrained,scratch,baseline", "--methods", help="Comma-separated methods."),
+    out: Path = typer.Option(Path("runs/fewshot"), "--out", help="Sweep folder (finished runs are reused)."),
+    overrides: list[str] = typer.Argument(None, help=_KV_HELP + " Applied to every run."),
+) -> None:
+    """Label-efficiency sweep: pretrained vs scratch vs baseline over k labelled subjects and seeds."""
+    from cmrfm.engine.fewshot import FewshotConfig, run_fewshot, summarise
+
+    ks = [0 if v.strip() == "all" else int(v) for v in k.split(",") if v.strip()]
+    chosen = [m.strip() for m in methods.split(",") if m.strip()]
+    if init is None and "pretrained" in chosen:
+        chosen.remove("pretrained")
+        typer.echo("no --init given: skipping the 'pretrained' method")
+    base = _finetune_config(task, init, None, [], overrides)
+    rows = run_fewshot(FewshotConfig(ks=ks, seeds=seeds, methods=chosen, out=str(out), base=base))
+    for method, by_k in summarise(rows).items():
+        cells = ", ".join(f"k={kk}: {m:.3f}±{s:.3f}" for kk, (m, s, _) in by_k.items())
+        typer.echo(f"{method}: {cells}")
+    typer.echo(f"wrote {out / 'fewshot.csv'} and {out / 'fewshot.png'}")
+
+
+def _print_metrics(metrics: dict[str, float], intervals: dict[str, tuple[float, float]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="metrics", title_justify="left")
+    table.add_column("metric")
+    table.add_column("value")
+    table.add_column("95% CI")
+    for name, value in metrics.items():
+        ci = intervals.get(name)
+        table.add_row(name, f"{value:.4f}", "" if ci is None else f"[{ci[0]:.4f}, {ci[1]:.4f}]")
+    Console().print(table)
+
+
+def register(app: typer.Typer) -> None:
+    """Adds ``tasks``, ``finetune``, ``evaluate`` and ``fewshot`` to the root app."""
+    app.command("tasks")(list_tasks)
+    app.command("finetune")(finetune)
+    app.command("evaluate")(evaluate)
+    app.command("fewshot")(fewshot)

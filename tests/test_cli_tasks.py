@@ -1,0 +1,43 @@
+from cmrfm.cli import main
+
+TINY = ["backbone.embed_dim=32", "backbone.depth=2", "backbone.num_heads=2", "image_size=32", "amp=off"]
+
+
+def test_tasks_lists_registry(capsys):
+    assert main(["tasks"]) == 0
+    out = capsys.readouterr().out
+    assert "sax-seg" in out and "disease-cls" in out
+
+
+def test_finetune_then_evaluate_then_fewshot(tmp_path, capsys):
+    run = tmp_path / "run"
+    args = [
+        "finetune",
+        "--task",
+        "landmarks",
+        "synthetic=true",
+        "steps=2",
+        "batch_size=2",
+        "folds=2",
+        f"out={run}",
+    ]
+    assert main(args + TINY) == 0
+    assert "error_mm" in capsys.readouterr().out
+    weights = run / "model.safetensors"
+    assert weights.is_file()
+    # evaluating weights of another task is a clear error
+    assert main(["evaluate", "--task", "sax-seg", "--weights", str(weights)]) == 2
+    assert "holds a 'landmarks' model" in capsys.readouterr().err
+    sweep = tmp_path / "sweep"
+    fs = ["fewshot", "--task", "sax-seg", "--k", "1,all", "--seeds", "1", "--out", str(sweep)]
+    assert main([*fs, "synthetic=true", "steps=1", "batch_size=2", "folds=2", *TINY]) == 0
+    out = capsys.readouterr().out
+    assert "skipping the 'pretrained' method" in out and (sweep / "fewshot.png").is_file()
+    rows = (sweep / "fewshot.csv").read_text().splitlines()
+    assert len(rows) == 1 + 2 * 2  # scratch and baseline, k=1 and all, one seed
+
+
+def test_finetune_bad_override_is_one_line(capsys):
+    assert main(["finetune", "--task", "sax-seg", "stepz=3"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown config key 'stepz'" in err and "Traceback" not in err
