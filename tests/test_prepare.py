@@ -219,3 +219,15 @@ def test_real_emidec(emidec_root, tmp_path):
     assert len(infarct.studies()) == 67
     assert any("infarct" in r["labels_present"] for r in infarct.rows)
     assert not any("infarct" in r["labels_present"] for r in cache.filter(infarct=False).rows)
+
+
+def test_partly_contoured_frames_mark_only_contoured_slices(tmp_path, sunnybrook_root):
+    from cmrfm.data.cache import PreparedCache
+    from cmrfm.data.prepare import prepare_dataset
+
+    prepare_dataset("sunnybrook", sunnybrook_root, tmp_path / "sb", progress=False)
+    cache = PreparedCache(tmp_path / "sb")
+    labelled = cache.filter(labelled=True)
+    assert 0 < len(labelled) < len(cache.filter(frame=lambda f: f in set(labelled.column("frame"))))
+    # every slice still marked labelled carries an LV contour
+    assert all("LV" in row["labels_present"] for row in labelled.rows)

@@ -189,10 +189,15 @@ def _write_study(writer: _CacheWriter, study: Study, config: PrepareConfig) -> t
             "num_frames": series.num_frames,
             "record": record_id,
         }
+        # Sources whose labelled frames are contoured on some slices only (Sunnybrook) list them in
+        # metadata["labelled_slices"] ({frame: [slices]}); other slices are unlabelled, not background.
+        partial = series.metadata.get("labelled_slices")
         for t, stack in prepared.images.items():  # stack (Z, H, W)
             labels = prepared.labels.get(t)
             for z in range(stack.shape[0]):
                 label = None if labels is None else labels[z]
+                if label is not None and partial is not None and z not in partial.get(str(t), ()):
+                    label = None
                 present = (
                     []
                     if label is None
