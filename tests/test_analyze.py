@@ -1,0 +1,240 @@
+"""End-to-end tests of ``cmrfm analyze`` with tiny random-init task models (real architecture/export).
+
+The models are untrained, so these tests check plumbing (files, geometry, keys, report, batch
+behaviour, privacy), never clinical values; plausibility with trained weights is tested in
+``test_analyze_trained.py`` (skipped until ``weights/sax-seg.safetensors`` exists).
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from cmrfm.cli import main
+from cmrfm.clinical.analyze import FUNCTION_KEYS
+
+#: Keys the issue requires in every measurements.json.
+REQUIRED_KEYS = (
+    *FUNCTION_KEYS,
+    "ed_frame",
+    "es_frame",
+    "diagnosis",
+    "quality",
+    "series",
+    "warnings",
+    "model",
+)
+TINY = {"embed_dim": 32, "depth": 2, "num_heads": 2}
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest single-threaded on a shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory) -> Path:
+    """Random-init models of every registered analysis task, written by the real exporter."""
+    from cmrfm.clinical.bundle import write_random_weights
+
+    folder = tmp_path_factory.mktemp("weights")
+    written = write_random_weights(folder, image_size=32, backbone=TINY)
+    assert any(p.name == "sax-seg.safetensors" for p in written)
+    return folder
+
+
+class _Images(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sources: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "img":
+            self.sources.append(dict(attrs).get("src", ""))
+
+
+def check_report(folder: Path) -> None:
+    """report.html parses and every image is an embedded PNG; PNG figures lie beside it."""
+    parser = _Images()
+    parser.feed((folder / "report.html").read_text(encoding="utf-8"))
+    assert parser.sources, "report has no images"
+    for src in parser.sources:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == PNG_SIGNATURE
+    assert len(list((folder / "figures").glob("*.png"))) >= len(parser.sources)
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_example_end_to_end(tmp_path, tiny_weights):
+    out = tmp_path / "out"
+    code = main(
+        ["analyze", "--example", "--out", str(out), "--weights", str(tiny_weights), "--height", "170",
+         "--weight", "70", "--sex", "female"]
+    )  # fmt: skip
+    assert code == 0
+    folder = out / "example"
+    m = json.loads((folder / "measurements.json").read_text())
+    for key in REQUIRED_KEYS:
+        assert key in m, key
+    assert {s["name"] for s in m["series"]} == {"sax_cine", "2ch_cine", "4ch_cine", "sax_lge"}
+    assert all("confidence" in s and s["sequence"] and s["view"] for s in m["series"])
+    assert m["lge"]["series"] == "sax_lge" and "infarct_present" in m["lge"]
+    assert m["model"]["tasks"]["sax-seg"]["trained"] is False
+    assert 0 <= m["ed_frame"] < 25 and 0 <= m["es_frame"] < 25
+    assert m["bsa_m2"] == pytest.approx(np.sqrt(170 * 70 / 3600), abs=1e-3)
+    assert "lv_edv_ml_m2" in m and m["ranges_sex"] == "female"
+    assert isinstance(m["ood"]["flag"], bool)
+    for name in ("sax_cine", "2ch_cine", "4ch_cine", "sax_lge"):
+        assert (folder / "seg" / f"{name}_seg.nii.gz").is_file()
+        labels = json.loads((folder / "seg" / f"{name}_seg.json").read_text())["label_names"]
+        assert labels["1"] == "LV" and labels["2"] == "MYO" and labels["3"] == "RV"
+    check_report(folder)
+    rows = read_csv(out / "measurements.csv")
+    assert [r["study"] for r in rows] == ["example"]
+    assert read_csv(out / "failures.csv") == []
+
+
+def _copy_images_only(src: Path, dst: Path) -> list[Path]:
+    """Copies a patient's image NIfTIs (never ``_gt`` labels, never Info.cfg)."""
+    dst.mkdir(parents=True)
+    copied = []
+    for path in sorted(src.glob("*.nii.gz")):
+        if "_gt" in path.name:
+            continue
+        shutil.copy(path, dst / path.name)
+        copied.append(dst / path.name)
+    return copied
+
+
+def test_acdc_patients_images_only(tmp_path, tiny_weights, acdc_root):
+    batch = tmp_path / "batch"
+    inputs = {}
+    for patient in ("patient001", "patient002"):
+        inputs[patient] = _copy_images_only(acdc_root / patient, batch / patient)
+    assert not list(batch.rglob("*_gt*")) and not list(batch.rglob("Info.cfg"))
+    out = tmp_path / "out"
+    assert main(["analyze", str(batch), "--out", str(out), "--weights", str(tiny_weights)]) == 0
+    rows = read_csv(out / "measurements.csv")
+    assert sorted(r["study"] for r in rows) == ["patient001", "patient002"]
+    for patient, files in inputs.items():
+        folder = out / patient
+        m = json.loads((folder / "measurements.json").read_text())
+        for key in REQUIRED_KEYS:
+            assert key in m, key
+        assert m["ed_frame"] in (0, 1) and m["es_frame"] in (0, 1)
+        for image in files:
+            seg = folder / "seg" / image.name.replace(".nii.gz", "_seg.nii.gz")
+            src, out_img = nib.load(str(image)), nib.load(str(seg))
+            assert out_img.shape == src.shape
+            np.testing.assert_allclose(out_img.affine, src.affine, atol=1e-6)
+            assert set(np.unique(np.asarray(out_img.dataobj))) <= {0, 1, 2, 3}
+        check_report(folder)
+
+
+def test_acdc_folder_is_read_without_labels(acdc_root):
+    from cmrfm.clinical.analyze import load_for_analysis
+
+    study = load_for_analysis(acdc_root / "patient001")
+    assert all(not s.labels for s in study.series)
+    assert study.clinical.group is None and study.clinical.ed_frame is None
+    assert not any("_gt" in p for s in study.series for p in s.source_paths)
+
+
+def _write_nifti_study(folder: Path, seed: int) -> Path:
+    """A small synthetic SAX stack (bright disc in noise) as a NIfTI study folder."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    yy, xx = np.mgrid[:48, :48]
+    frames = []
+    for t, radius in enumerate((10, 7)):
+        disc = ((yy - 24) ** 2 + (xx - 24) ** 2 < radius**2).astype(np.float32)
+        vol = np.stack([disc * (1 - 0.1 * z) for z in range(4)], axis=-1) * 300  # (X, Y, Z)
+        frames.append(vol + rng.normal(0, 10, vol.shape))
+        affine = np.diag([1.8, 1.8, 8.0, 1.0])
+        nib.save(
+            nib.Nifti1Image(frames[-1].astype(np.float32), affine), folder / f"s_frame{t + 1:02d}.nii.gz"
+        )
+    return folder
+
+
+def test_batch_with_corrupt_study_reports_it(tmp_path, tiny_weights):
+    root = tmp_path / "studies"
+    _write_nifti_study(root / "good", 0)
+    bad = root / "bad"
+    bad.mkdir(parents=True)
+    (bad / "broken.nii.gz").write_bytes(b"\x1f\x8b\x08not really a nifti")
+    out = tmp_path / "out"
+    code = main(["analyze", str(root), "--out", str(out), "--weights", str(tiny_weights), "--no-report"])
+    assert code != 0
+    assert [r["study"] for r in read_csv(out / "measurements.csv")] == ["good"]
+    failures = read_csv(out / "failures.csv")
+    assert [f["study"] for f in failures] == ["bad"] and failures[0]["reason"]
+    assert (out / "good" / "measurements.json").is_file()
+
+
+def test_existing_output_folder_is_never_overwritten(tmp_path, tiny_weights):
+    study = _write_nifti_study(tmp_path / "s1", 1)
+    out = tmp_path / "out"
+    args = ["analyze", str(study), "--out", str(out), "--weights", str(tiny_weights), "--no-report"]
+    assert main(args) == 0
+    first = (out / "s1" / "measurements.json").read_text()
+    assert main(args) == 0
+    assert (out / "s1" / "measurements.json").read_text() == first
+    second = json.loads((out / "s1-2" / "measurements.json").read_text())
+    assert any("s1-2" in w for w in second["warnings"])
+
+
+def test_missing_weights_skip_steps_without_numbers(tmp_path):
+    study = _write_nifti_study(tmp_path / "s2", 2)
+    empty = tmp_path / "no_weights"
+    empty.mkdir()
+    out = tmp_path / "out"
+    assert main(["analyze", str(study), "--out", str(out), "--weights", str(empty)]) == 0
+    m = json.loads((out / "s2" / "measurements.json").read_text())
+    assert all(m[key] is None for key in FUNCTION_KEYS)
+    assert m["diagnosis"]["label"] is None
+    assert any("sax-seg" in w for w in m["warnings"])
+    assert any("quality" in w for w in m["warnings"])
+    assert m["model"]["tasks"] == {}
+    assert (out / "s2" / "report.html").is_file()
+
+
+def test_unusable_weights_file_is_a_warning(tmp_path):
+    from cmrfm.clinical.bundle import ModelBundle
+
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    (folder / "sax-seg.safetensors").write_bytes(b"garbage")
+    bundle = ModelBundle.load(folder)
+    assert not bundle.has("sax-seg") and "sax-seg" in bundle.errors
+    assert "error" in bundle.versions()["sax-seg"]
+
+
+def test_tta_adds_flip_variance(tiny_weights):
+    from cmrfm.clinical.bundle import ModelBundle
+
+    images = np.random.default_rng(0).random((3, 32, 32)).astype(np.float32)
+    plain = ModelBundle.load(tiny_weights, tasks=["sax-seg"]).segment("sax-seg", images)
+    tta = ModelBundle.load(tiny_weights, tasks=["sax-seg"], tta=True).segment("sax-seg", images)
+    assert plain.tta_variance is None and tta.tta_variance.shape == tta.probs.shape
+    assert plain.probs.shape == (3, 4, 32, 32)
+    np.testing.assert_allclose(plain.probs.sum(axis=1), 1.0, atol=1e-4)
+    assert (plain.level_variance >= 0).all()
