@@ -18,6 +18,7 @@ from cmrfm.tasks.augment import AugmentConfig
 from cmrfm.tasks.base import TaskData, TaskInfo, register_task
 from cmrfm.tasks.items import ItemDataset, phantom_slice
 from cmrfm.tasks.kinds import SegmentationConfig, SegmentationTask
+from cmrfm.tasks.lesionmix import LesionMixConfig, LesionMixItems
 from cmrfm.tasks.sax_seg import class_lookup, seg_item
 from cmrfm.tasks.sources import CacheItems, prepared_cache, study_strata
 
@@ -33,11 +34,16 @@ class LgeSegConfig(SegmentationConfig):
         root: EMIDEC root holding ``train``/``trainannot`` (default locations when empty).
         cache: A prepared EMIDEC cache (made on first use when empty).
         augment: Augmentation ranges.
+        lesionmix: Probability that a training slice gets LesionMix (lesion-level augmentation:
+            move, rescale, re-intensify, remove and populate scar; :mod:`cmrfm.tasks.lesionmix`).
+        lesionmix_options: LesionMix ranges.
     """
 
     root: str = ""
     cache: str = ""
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    lesionmix: float = 0.0
+    lesionmix_options: LesionMixConfig = field(default_factory=LesionMixConfig)
 
 
 def lge_item(item: dict[str, Any], record: PreprocessRecord) -> dict[str, Any]:
@@ -60,13 +66,19 @@ class LgeSeg(SegmentationTask):
     )
     config_cls = LgeSegConfig
 
+    def _dataset(self, items: Sequence[dict[str, Any]], train: bool) -> ItemDataset:
+        """Items (with LesionMix on training items when ``lesionmix`` > 0) and paired augmentation."""
+        if train and self.config.lesionmix > 0:
+            items = LesionMixItems(items, self.config.lesionmix, self.config.lesionmix_options)
+        return ItemDataset(items, train, self.config.augment)
+
     def load_data(self) -> TaskData:
         """EMIDEC slices by case, stratified by normal/infarct."""
         cache = prepared_cache("emidec", self.config.root, self.config.cache).filter(labelled=True)
         subjects, strata = study_strata(cache, "infarct")
 
         def make(ids: Sequence[str], train: bool) -> ItemDataset:
-            return ItemDataset(CacheItems(cache.subset_studies(ids), lge_item), train, self.config.augment)
+            return self._dataset(CacheItems(cache.subset_studies(ids), lge_item), train)
 
         return TaskData(subjects, strata, make, f"EMIDEC prepared cache {cache.path} ({len(cache)} slices)")
 
@@ -99,6 +111,6 @@ class LgeSeg(SegmentationTask):
                 )
 
         def make(ids: Sequence[str], train: bool) -> ItemDataset:
-            return ItemDataset([it for it in items if it["subject"] in set(ids)], train, self.config.augment)
+            return self._dataset([it for it in items if it["subject"] in set(ids)], train)
 
         return TaskData(subjects, [str(i % 2) for i in range(num_subjects)], make, "synthetic phantom")

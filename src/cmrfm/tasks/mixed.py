@@ -1,0 +1,82 @@
+"""Helpers for tasks that mix sources: lazy item lists, real caches at a task's size, even spreads."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from cmrfm.constants import DEFAULT_IMAGE_SIZE
+from cmrfm.data.cache import PreparedCache
+from cmrfm.tasks.sources import prepared_cache
+
+ItemMaker = Callable[[], dict[str, Any]]
+
+
+class LazyItems(Sequence[dict[str, Any]]):
+    """A sequence of items built on access (cache reads, k-space corruption) from zero-argument makers."""
+
+    def __init__(self, makers: Sequence[ItemMaker]) -> None:
+        self.makers = list(makers)
+
+    def __len__(self) -> int:
+        return len(self.makers)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:  # type: ignore[override]
+        return self.makers[index]()
+
+
+def real_cache(name: str, root: str, cache: str, size: int, extra: Sequence[str] = ()) -> PreparedCache:
+    """A prepared cache of dataset ``name`` at ``size`` pixels (the default cache when size is default).
+
+    Only non-default settings are passed on, so tasks share the cache the other tasks already made.
+    """
+    overrides = list(extra)
+    if size != DEFAULT_IMAGE_SIZE:
+        overrides.append(f"size={size}")
+    return prepared_cache(name, root, cache, overrides)
+
+
+def spread(indices: Sequence[int], count: int) -> list[int]:
+    """At most ``count`` of ``indices``, evenly spread (all of them when ``count`` <= 0)."""
+    indices = list(indices)
+    if count <= 0 or len(indices) <= count:
+        return indices
+    picks = np.linspace(0, len(indices) - 1, count).round().astype(int)
+    return [indices[i] for i in dict.fromkeys(picks.tolist())]
+
+
+def by_study(cache: PreparedCache) -> dict[str, list[int]]:
+    """Positions of each study's items in a cache view, in cache order."""
+    out: dict[str, list[int]] = {}
+    for position, row in enumerate(cache.rows):
+        out.setdefault(row["study"], []).append(position)
+    return out
+
+
+def real_slices(
+    name: str,
+    root: str,
+    cache: str,
+    size: int,
+    per_subject: int,
+    extra: Sequence[str] = (),
+    **where: Any,
+) -> tuple[PreparedCache, dict[str, list[int]]]:
+    """A real dataset's cache view (filtered by ``where``) and up to ``per_subject`` positions per study."""
+    view = real_cache(name, root, cache, size, extra)
+    if where:
+        view = view.filter(**where)
+    return view, {study: spread(pos, per_subject) for study, pos in by_study(view).items()}
+
+
+def subject_factory(
+    by_subject: dict[str, list[ItemMaker]], make: Callable[[Sequence[ItemMaker], bool], Any]
+) -> Callable[[Sequence[str], bool], Any]:
+    """``make_dataset`` over per-subject item makers: ``make(makers, train)`` builds the dataset."""
+
+    def factory(ids: Sequence[str], train: bool) -> Any:
+        return make(LazyItems([m for s in ids for m in by_subject.get(s, [])]), train)
+
+    return factory

@@ -1,0 +1,139 @@
+"""``view-cls``: cine view classification (SAX, 2CH, 3CH, 4CH).
+
+Long-axis views come from the simulated cohort (:mod:`cmrfm.tasks.simcohort`, ED/ES/mid-diastolic
+frames); short-axis cine from the simulator and, where found, real ACDC and Sunnybrook SAX slices.
+Subjects are patients and simulated subjects, stratified by source.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cmrfm.constants import Sequence as MRSequence
+from cmrfm.constants import View
+from cmrfm.data.cache import PreparedCache
+from cmrfm.errors import InputError
+from cmrfm.tasks.augment import AugmentConfig
+from cmrfm.tasks.base import TaskData, TaskInfo, register_task
+from cmrfm.tasks.items import ItemDataset
+from cmrfm.tasks.kinds import ClassificationConfig, ClassificationTask
+from cmrfm.tasks.mixed import ItemMaker, real_slices, spread, subject_factory
+from cmrfm.tasks.simcohort import SimSubject, sim_cohort
+
+VIEWS = (View.SAX, View.TWO_CH, View.THREE_CH, View.FOUR_CH)
+CLASSES = tuple(str(v) for v in VIEWS)
+#: Real SAX cine datasets: (adapter, extra prepare settings, manifest filter).
+REAL_SOURCES: tuple[tuple[str, tuple[str, ...], dict[str, Any]], ...] = (
+    ("acdc", (), {"labelled": True}),
+    ("sunnybrook", ("all_frames=true",), {}),
+)
+
+
+@dataclass
+class ViewClsConfig(ClassificationConfig):
+    """``view-cls`` settings.
+
+    Attributes:
+        acdc_root: ACDC training folder (default locations when empty).
+        sunnybrook_root: Sunnybrook root (default locations when empty).
+        real: Include real SAX cine (datasets found; missing ones are skipped and reported).
+        real_per_subject: SAX slices per real patient (evenly spread; keeps classes near balance).
+        sim_subjects: Simulated subjects.
+        sim_seed: Simulated cohort seed.
+        sim_frames: Cine frames per cycle in the simulator.
+        sim_sax_per_subject: SAX cine slices per simulated subject (each long-axis view gives its
+            three kept frames).
+        augment: Augmentation ranges.
+    """
+
+    acdc_root: str = ""
+    sunnybrook_root: str = ""
+    real: bool = True
+    real_per_subject: int = 2
+    sim_subjects: int = 60
+    sim_seed: int = 0
+    sim_frames: int = 6
+    sim_sax_per_subject: int = 3
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+def _real_item(cache: PreparedCache, position: int, subject: str) -> dict[str, Any]:
+    return {"image": cache[position]["image"], "label": CLASSES.index(View.SAX), "subject": subject}
+
+
+def _sim_item(subject: SimSubject, k: int, label: int) -> dict[str, Any]:
+    return {"image": subject.images[k], "label": label, "subject": subject.subject}
+
+
+def sim_view_makers(cohort: Sequence[SimSubject], sax_per_subject: int) -> dict[str, list[ItemMaker]]:
+    """Per simulated subject: cine slices of every view (SAX thinned to ``sax_per_subject``)."""
+    out: dict[str, list[ItemMaker]] = {}
+    for subject in cohort:
+        makers: list[ItemMaker] = []
+        for label, view in enumerate(CLASSES):
+            chosen = subject.select(lambda r, v=view: r["sequence"] == MRSequence.CINE and r["view"] == v)
+            if view == View.SAX:
+                chosen = spread(chosen, sax_per_subject)
+            makers += [functools.partial(_sim_item, subject, k, label) for k in chosen]
+        out[subject.subject] = makers
+    return out
+
+
+@register_task
+class ViewCls(ClassificationTask):
+    """Cine view of a 2D image: SAX, 2CH, 3CH or 4CH."""
+
+    info = TaskInfo(
+        id="view-cls",
+        title="Cine view classification: SAX, 2CH, 3CH, 4CH",
+        kind="classification",
+        level="image",
+        data="simulator (all views) + ACDC/Sunnybrook SAX cine",
+        metric="accuracy",
+        classes=CLASSES,
+    )
+    config_cls = ViewClsConfig
+
+    def _dataset(self, makers: Sequence[ItemMaker], train: bool) -> ItemDataset:
+        return ItemDataset(makers, train, self.config.augment)
+
+    def load_data(self) -> TaskData:
+        """Simulated cine of all views plus real SAX cine where found, stratified by source."""
+        cfg = self.config
+        makers: dict[str, list[ItemMaker]] = {}
+        strata: dict[str, str] = {}
+        notes = []
+        roots = {"acdc": cfg.acdc_root, "sunnybrook": cfg.sunnybrook_root}
+        for name, extra, where in REAL_SOURCES if cfg.real else ():
+            try:
+                cache, picks = real_slices(
+                    name, roots[name], "", cfg.image_size, cfg.real_per_subject, extra, **where
+                )
+            except InputError as err:
+                notes.append(f"{name} skipped ({err.reason})")
+                continue
+            for study, positions in picks.items():
+                makers[study] = [functools.partial(_real_item, cache, p, study) for p in positions]
+                strata[study] = name
+            notes.append(f"{name} SAX: {len(picks)} subjects, {sum(map(len, picks.values()))} slices")
+        cohort = sim_cohort(cfg.sim_subjects, cfg.sim_seed, cfg.sim_frames, cfg.image_size)
+        sim = sim_view_makers(cohort, cfg.sim_sax_per_subject)
+        makers.update(sim)
+        strata.update({s: "simulator" for s in sim})
+        notes.append(f"simulator: {len(sim)} subjects, {sum(len(v) for v in sim.values())} slices")
+        subjects = sorted(makers)
+        return TaskData(
+            subjects, [strata[s] for s in subjects], subject_factory(makers, self._dataset), "; ".join(notes)
+        )
+
+    def synthetic_data(self, num_subjects: int = 4, image_size: int = 32) -> TaskData:
+        """The tiny simulated cohort (every view per subject)."""
+        cohort = sim_cohort(num_subjects, 0, 3, image_size, synthetic=True)
+        makers = sim_view_makers(cohort, 1)
+        subjects = sorted(makers)
+        return TaskData(
+            subjects, ["simulator"] * len(subjects), subject_factory(makers, self._dataset), "tiny simulator"
+        )
