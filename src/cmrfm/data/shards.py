@@ -56,7 +56,7 @@ def rescale_unit(image: np.ndarray) -> np.ndarray:
     lo, hi = np.percentile(image, [LOW_PERCENTILE, HIGH_PERCENTILE])
     if not np.isfinite(lo) or not np.isfinite(hi) or hi <= lo:
         return np.zeros_like(image)
-    return np.clip((image - lo) / (hi - lo), 0.0, 1.0)
+    return np.clip((image - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
 
 
 def _encode(image: np.ndarray, dtype: str) -> np.ndarray:

@@ -16,9 +16,8 @@ class SourceConfig:
 
     Attributes:
         kind: ``shards`` (a folder from ``cmrfm data shard``), ``cache`` (a prepared cache from
-            ``cmrfm data prepare``; labels ignored), ``simulator`` (generated on the fly, when
-            :mod:`cmrfm.simulate` provides a generator) or ``synthetic`` (procedural phantoms, for tests
-            and smoke runs).
+            ``cmrfm data prepare``; labels ignored), ``simulator`` (:mod:`cmrfm.simulate` on the fly)
+            or ``synthetic`` (procedural phantoms, for tests and smoke runs).
         path: Folder of a ``shards`` or ``cache`` source.
         weight: Relative sampling weight in the mixture.
         name: Label used in logs and the model card (defaults to kind + folder name).
@@ -40,12 +39,18 @@ class DataConfig:
             augmentation (crops are then taken from it).
         cache_shards: Shards each process may hold in memory (bounds memory for shard sources).
         synthetic_images: Distinct images a ``synthetic`` source cycles through.
+        simulator_items_per_subject: 2D items drawn from each simulated subject (``simulator`` source).
+        simulator: Overrides of :class:`cmrfm.simulate.SimConfig` for the ``simulator`` source (e.g.
+            ``{imaging: {matrix: [128, 128]}}``). Simulating costs ~0.3-1 s per image on one CPU core,
+            so on small machines pre-render a cohort (``cmrfm simulate``) and shard it instead.
     """
 
     sources: list[SourceConfig] = field(default_factory=lambda: [SourceConfig()])
     image_size: int = 128
     cache_shards: int = 2
     synthetic_images: int = 4096
+    simulator_items_per_subject: int = 16
+    simulator: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

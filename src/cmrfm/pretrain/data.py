@@ -146,17 +146,46 @@ class CacheSource:
         self.epoch, self.offset, self._order = int(state["epoch"]), int(state["offset"]), None
 
 
-def _simulator_source(cfg: SourceConfig, data: DataConfig, seed: int, rank: int) -> ImageSource:
-    """The simulator as a source, when :mod:`cmrfm.simulate` offers an image stream."""
-    import cmrfm.simulate as simulate
+class SimulatorSource:
+    """The CMR simulator on the fly: item ``i`` of rank ``r`` is a pure function of (seed, r, i).
 
-    factory = getattr(simulate, "pretraining_stream", None)
-    if factory is None:
-        raise ConfigError(
-            "data source kind 'simulator' needs cmrfm.simulate.pretraining_stream(size, seed, rank), "
-            "which this version of cmrfm does not provide yet; use 'synthetic', 'shards' or 'cache'"
-        )
-    return factory(size=data.image_size, seed=seed, rank=rank)
+    Subjects are simulated one at a time (``items_per_subject`` 2D items each: cine SAX/LAX frames,
+    LGE, T1/T2 maps as the simulator's defaults draw them); only the current subject is in memory.
+    """
+
+    def __init__(
+        self,
+        seed: int,
+        rank: int,
+        items_per_subject: int,
+        overrides: dict[str, Any] | None = None,
+        name: str = "simulator",
+    ) -> None:
+        from cmrfm.config import merge_into
+        from cmrfm.simulate import SimConfig, SimulatedSliceDataset
+
+        config = merge_into(SimConfig(), overrides or {}, prefix="data.simulator.")
+        self.dataset = SimulatedSliceDataset(config, seed=seed, items_per_subject=items_per_subject)
+        self.rank, self.per_subject, self.name = rank, items_per_subject, name
+        self.position = 0
+        self._subject: int | None = None
+        self._items: list[np.ndarray] = []
+
+    def __next__(self) -> np.ndarray:
+        k, j = divmod(self.position, self.per_subject)
+        if self._subject != k:
+            seed = self.dataset.subject_seed(self.rank, k)
+            items = self.dataset.subject_items(seed, self.per_subject)
+            self._items = [rescale_unit(item["image"].T) for item in items]  # (Y, X)
+            self._subject = k
+        self.position += 1
+        return self._items[j]
+
+    def state_dict(self) -> dict[str, Any]:  # noqa: D102 (see ImageSource)
+        return {"position": self.position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: D102 (see ImageSource)
+        self.position = int(state["position"])
 
 
 def build_source(cfg: SourceConfig, data: DataConfig, seed: int, rank: int, world: int) -> ImageSource:
@@ -169,7 +198,7 @@ def build_source(cfg: SourceConfig, data: DataConfig, seed: int, rank: int, worl
     if cfg.kind == "cache":
         return CacheSource(cfg.path, seed, rank, world, name)
     if cfg.kind == "simulator":
-        return _simulator_source(cfg, data, seed, rank)
+        return SimulatorSource(seed, rank, data.simulator_items_per_subject, data.simulator, name)
     if cfg.kind == "synthetic":
         return SyntheticSource(data.image_size, data.synthetic_images, seed, rank, name)
     raise ConfigError(f"unknown data source kind {cfg.kind!r}")
