@@ -462,7 +462,7 @@ class BodyModel:
         self.spine_y = -(self.ap - p.fat_mm) + 62.0
         centre = np.asarray(p.heart_offset_mm) + rotation @ np.array([8.0, 0.0, 0.0])
         self.mediastinum_centre = centre
-        self.mediastinum_axes = np.array([heart.R_epi + 22.0, heart.R_epi + 22.0, heart.L_ed + 45.0])
+        self.mediastinum_axes = np.array([heart.R_epi + 14.0, heart.R_epi + 16.0, heart.L_ed + 40.0])
         self.dome_z = p.heart_offset_mm[2] - (heart.R_epi + 14.0)
         self.dome_x = 25.0
 

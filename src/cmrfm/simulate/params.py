@@ -255,7 +255,7 @@ def sample_subject(
     age_term = age - 45.0
 
     lv_edvi = _normal(rng, _LV_EDVI[sex] - 0.25 * age_term, 10.0, 58, 100)
-    lv_ef = _normal(rng, 0.64 + 0.0008 * age_term, 0.045, 0.55, 0.75)
+    lv_ef = _normal(rng, 0.63 + 0.0008 * age_term, 0.045, 0.55, 0.75)
     rv_edvi = _normal(rng, _RV_EDVI[sex] - 0.3 * age_term, 11.0, 60, 105)
     rv_ef = _normal(rng, 0.60, 0.05, 0.50, 0.72)
     wall = _normal(rng, _WALL_MM[sex] + 0.02 * age_term, 0.8, 6.5, 11.0)
@@ -275,25 +275,25 @@ def sample_subject(
     )
 
     if grp == Group.DCM:
-        lv_edvi = _normal(rng, 145, 25, 108, 230)
-        lv_ef = float(rng.uniform(0.10, 0.37))
-        wall = _normal(rng, 7.0, 0.8, 5.0, 9.0)
+        lv_edvi = _normal(rng, 138, 22, 105, 220)
+        lv_ef = float(rng.uniform(0.08, 0.34))
+        wall = _normal(rng, 8.0, 0.8, 6.0, 10.0)
         septal, lateral, apex = wall, wall * 0.95, wall * 0.65
         sphericity = float(rng.uniform(0.68, 0.85))
         long_shortening = float(rng.uniform(0.03, 0.08))
         rv_ef = _normal(rng, 0.48, 0.08, 0.25, 0.62)
         hr = _normal(rng, 78, 10, 55, 105)
     elif grp == Group.HCM:
-        lv_edvi = _normal(rng, 68, 10, 45, 90)
-        lv_ef = float(rng.uniform(0.62, 0.80))
-        septal = float(rng.uniform(17.0, 27.0))
-        lateral = max(9.0, septal * float(rng.uniform(0.5, 0.85)))
-        apex = max(6.0, septal * float(rng.uniform(0.4, 0.7)))
+        lv_edvi = _normal(rng, 72, 12, 48, 100)
+        lv_ef = float(rng.uniform(0.60, 0.78))
+        septal = float(rng.uniform(16.5, 22.0))
+        lateral = max(8.0, septal * float(rng.uniform(0.45, 0.75)))
+        apex = max(6.0, septal * float(rng.uniform(0.35, 0.6)))
         sphericity = float(rng.uniform(0.45, 0.55))
         long_shortening = float(rng.uniform(0.08, 0.13))
     elif grp == Group.MINF:
-        lv_edvi = _normal(rng, 105, 18, 80, 170)
-        lv_ef = float(rng.uniform(0.18, 0.38))
+        lv_edvi = _normal(rng, 88, 15, 68, 150)
+        lv_ef = float(rng.uniform(0.22, 0.395))
         territory = ("LAD", "LCX", "RCA")[int(rng.choice(3, p=[0.5, 0.2, 0.3]))]
         t_centre, t_half = TERRITORIES[territory]
         centre = t_centre + float(rng.uniform(-0.3, 0.3)) * t_half
@@ -308,8 +308,8 @@ def sample_subject(
         wall = _normal(rng, 8.0, 0.8, 6.0, 10.0)
         septal, lateral, apex = wall, wall * 0.92, wall * 0.62
     elif grp == Group.ARV:
-        rv_edvi = _normal(rng, 145, 22, 112, 220)
-        rv_ef = float(rng.uniform(0.15, 0.37))
+        rv_edvi = _normal(rng, 120, 14, 104, 175)
+        rv_ef = float(rng.uniform(0.18, 0.39))
         lv_ef = _normal(rng, 0.58, 0.05, 0.48, 0.70)
         lv_edvi = _normal(rng, 72, 10, 55, 95)
 

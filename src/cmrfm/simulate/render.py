@@ -28,6 +28,10 @@ from cmrfm.simulate.tissue import Tissue
 
 #: Extra pixels around the heart's bounding box.
 BOX_MARGIN_PX = 2
+#: Texture: number of random plane waves, their wavelength range (mm) and RMS amplitude.
+TEXTURE_WAVES = 12
+TEXTURE_WAVELENGTH_MM = (8.0, 40.0)
+TEXTURE_AMPLITUDE = 0.05
 
 
 @dataclass
@@ -122,6 +126,23 @@ def render_plane(
     return PlaneRender(signal.astype(np.float32), labels, body)
 
 
+def texture_field(
+    points: np.ndarray, rng: np.random.Generator, amplitude: float = TEXTURE_AMPLITUDE
+) -> np.ndarray:
+    """Smooth random multiplicative texture ``(nx, ny)`` (sum of plane waves in world mm).
+
+    Stands in for the tissue heterogeneity, flow and trabeculation mottling a piecewise-constant
+    phantom lacks.
+    """
+    direction = rng.normal(size=(TEXTURE_WAVES, 3))
+    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+    wavelength = rng.uniform(*TEXTURE_WAVELENGTH_MM, TEXTURE_WAVES)
+    phase = rng.uniform(0, 2 * np.pi, TEXTURE_WAVES)
+    k = direction * (2 * np.pi / wavelength)[:, None]  # (K, 3)
+    waves = np.cos(points @ k.T + phase)  # (nx, ny, K)
+    return (1.0 + amplitude * waves.sum(-1) / np.sqrt(TEXTURE_WAVES / 2)).astype(np.float32)
+
+
 @dataclass
 class Acquisition:
     """A rendered series.
@@ -196,7 +217,7 @@ def acquire(
             continue
         pts = plane.points(np.arange(nx), np.arange(ny))
         sens = coil_sensitivities(pts, n_coils, phantom.body.lr, phantom.body.ap, plane.centre, rng)
-        shade = shading_from_sensitivities(sens, rendered.body, coil_shading)
+        shade = shading_from_sensitivities(sens, rendered.body, coil_shading) * texture_field(pts, rng)
         clean = rendered.signal[0] * shade[..., None]  # (nx, ny, T)
         if amplitude > 0:
             clean = _motion_corrupt(
