@@ -93,6 +93,9 @@ def analyze(
     ),
     ranges: Path = typer.Option(None, "--ranges", help="A site's normal-range YAML table."),
     no_report: bool = typer.Option(False, "--no-report", help="Skip report.html and figures."),
+    threads: int = typer.Option(
+        None, "--threads", help="CPU threads for inference (default: torch's; 1 is best on a busy machine)."
+    ),
 ) -> None:
     """Analyse CMR studies: volumes, EF, mass, diagnosis, LGE scar, masks and an HTML report."""
     from rich.console import Console
@@ -108,6 +111,10 @@ def analyze(
         raise ConfigError("give both --height and --weight (or neither)")
     if not inputs and not example:
         raise ConfigError("give at least one INPUT, or --example")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     console = Console(stderr=True)
     out.mkdir(parents=True, exist_ok=True)
     options = AnalyzeOptions(

@@ -21,9 +21,10 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from cmrfm.data.preprocess import PreprocessConfig
-from cmrfm.errors import CmrfmError
+from cmrfm.errors import CmrfmError, InputError
 from cmrfm.models.heads import per_level_uncertainty
 
 #: Every task an analysis may use, in the order they run.
@@ -43,6 +44,8 @@ ANALYSIS_TASKS: tuple[str, ...] = (
 WEIGHTS_ENV = "CMRFM_WEIGHTS"
 #: Slices per forward pass.
 DEFAULT_BATCH_SIZE = 32
+#: Largest side at which the decoder-level variance is computed (then upsampled).
+UNCERTAINTY_SIZE = 64
 #: Test-time augmentations: flips of the (H, W) axes (identity first).
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,))
 
@@ -138,6 +141,29 @@ class ModelBundle:
     load_seconds: float = 0.0
 
     @classmethod
+    def from_files(cls, files: dict[str, str | Path], amp: str = "auto", tta: bool = False) -> ModelBundle:
+        """A bundle of explicit files (task id -> weights file), e.g. one cross-validation fold's model.
+
+        Raises:
+            InputError: When a file cannot be loaded or holds another task.
+        """
+        from cmrfm.engine.finetune import load_task_model
+
+        started = time.perf_counter()
+        paths = {task_id: Path(p) for task_id, p in files.items()}
+        folder = next(iter(paths.values())).parent if paths else Path(".")
+        bundle = cls(folder=folder, amp=amp, tta=tta)
+        for task_id, path in paths.items():
+            model, card = load_task_model(path)
+            if card.get("task") != task_id:
+                raise InputError(path, f"holds task {card.get('task')!r}, not {task_id!r}")
+            bundle.models[task_id] = LoadedTask(
+                task_id, model, card, path, tuple(card.get("classes") or ()), _preprocess_for(card)
+            )
+        bundle.load_seconds = time.perf_counter() - started
+        return bundle
+
+    @classmethod
     def load(
         cls,
         folder: str | Path | None = None,
@@ -214,7 +240,7 @@ class ModelBundle:
                 with self._autocast():
                     out = model({"image": x})
                 p = torch.softmax(out["logits"].float(), dim=1)  # (B, C, H, W)
-                v = per_level_uncertainty([s.float() for s in out["stage_logits"]], size)
+                v = level_variance(out["stage_logits"], size)
                 if dims:
                     p, v = torch.flip(p, dims), torch.flip(v, dims)
                 outs.append(p)
@@ -275,6 +301,19 @@ class ModelBundle:
                 coords = model({"image": images_t[part]})["coords"]
             out.append(coords.float().numpy())
         return np.concatenate(out)
+
+
+def level_variance(stage_logits: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+    """Per-level uncertainty (:func:`~cmrfm.models.heads.per_level_uncertainty`) made cheaply.
+
+    The variance across decoder levels is computed at :data:`UNCERTAINTY_SIZE` at most and
+    upsampled bilinearly to ``size`` (the map is smooth; this saves most of its cost).
+    """
+    small = (min(size[0], UNCERTAINTY_SIZE), min(size[1], UNCERTAINTY_SIZE))
+    var = per_level_uncertainty([s.float() for s in stage_logits], small)  # (B, C, h, w)
+    if small == tuple(size):
+        return var
+    return F.interpolate(var, size=size, mode="bilinear", align_corners=False)
 
 
 def _preprocess_for(card: dict[str, Any]) -> PreprocessConfig:

@@ -1,0 +1,298 @@
+"""Accuracy of ``cmrfm analyze`` on ACDC in cross-validation: every patient by a model that never saw it.
+
+For each ACDC patient, the fold model whose held-out part holds that patient
+(``<cv>/fold{k}.safetensors``, default ``weights/cv/sax-seg``) analyses a copy of the patient's
+*image* files (no labels, no Info.cfg), exactly as a user would run ``cmrfm analyze``. The
+predicted masks written in the input geometry are then compared with the manual labels:
+
+* Dice per structure (LV, MYO, RV) at ED and ES (the true phases from Info.cfg);
+* LVEF and RVEF absolute error; LVEDV, LVESV and LV mass error (signed and absolute); whether the
+  analysis picked the right ED/ES frame;
+* a Bland–Altman plot (LVEF, RVEF, LVEDV, LV mass).
+
+Which patients each fold held out is read from ``<cv>/splits.json``
+(``{"k": K, "seed": S, "folds": [{"fold": 0, "train": [...], "val": [...]}, ...]}``) or, failing
+that, from each fold card's ``eval_subject_ids``. ``--write-splits`` writes the stratified split
+(:func:`cmrfm.data.splits.kfold_splits` over patient ids sorted, strata = ACDC groups) for the CV
+training to use.
+
+Usage: ``python benchmarks/analyze_acdc_cv.py [--cv DIR] [--acdc ROOT] [--patients N] [--out DIR]
+[--write]``; ``--write`` rewrites its section of ``benchmarks/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import platform
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cmrfm.clinical.analyze import AnalyzeOptions, analyze_path
+from cmrfm.clinical.bundle import ModelBundle
+from cmrfm.clinical.function import slice_spacing_mm, ventricular_function
+from cmrfm.constants import Label
+from cmrfm.data.adapters.acdc import INFO_FILE, AcdcAdapter, read_info
+from cmrfm.errors import InputError
+from cmrfm.io.nifti import read_nifti
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CV = ROOT / "weights" / "cv" / "sax-seg"
+RESULTS = Path(__file__).with_name("RESULTS.md")
+HEADING = "## ACDC cross-validated analysis accuracy (benchmarks/analyze_acdc_cv.py)"
+STRUCTURES = {"LV": Label.LV, "MYO": Label.MYO, "RV": Label.RV}
+SPLITS_FILE = "splits.json"
+
+
+def dice(pred: np.ndarray, ref: np.ndarray) -> float:
+    """Dice of two boolean masks (1.0 when both are empty)."""
+    total = pred.sum() + ref.sum()
+    return 1.0 if total == 0 else float(2 * (pred & ref).sum() / total)
+
+
+def list_patients(acdc: Path) -> list[tuple[str, str]]:
+    """``(patient id, group)`` of every ACDC patient folder, sorted by id."""
+    out = []
+    for folder in AcdcAdapter.list_studies(acdc):
+        info = read_info(folder / INFO_FILE)
+        out.append((folder.name, info.get("Group", "").strip()))
+    return sorted(out)
+
+
+def write_splits(acdc: Path, cv: Path, k: int, seed: int) -> Path:
+    """Writes the stratified patient-level split the CV fold models should be trained on."""
+    from cmrfm.data.splits import kfold_splits
+
+    patients = list_patients(acdc)
+    splits = kfold_splits([p for p, _ in patients], [g for _, g in patients], k=k, seed=seed)
+    cv.mkdir(parents=True, exist_ok=True)
+    data = {
+        "k": k,
+        "seed": seed,
+        "folds": [{"fold": s.fold, "train": list(s.train), "val": list(s.val)} for s in splits],
+    }
+    path = cv / SPLITS_FILE
+    path.write_text(json.dumps(data, indent=1) + "\n")
+    return path
+
+
+def held_out_fold(cv: Path) -> dict[str, int]:
+    """Patient id -> the fold that held it out, from splits.json or the fold cards."""
+    path = cv / SPLITS_FILE
+    if path.is_file():
+        data = json.loads(path.read_text())
+        return {p: int(f["fold"]) for f in data["folds"] for p in f["val"]}
+    from cmrfm.engine.checkpoint import load_weights
+
+    out: dict[str, int] = {}
+    for weights in sorted(cv.glob("fold*.safetensors")):
+        _, card = load_weights(weights)
+        for patient in card.get("eval_subject_ids") or []:
+            out[patient] = int(card.get("fold", weights.stem.removeprefix("fold")))
+    if not out:
+        raise InputError(cv, f"no {SPLITS_FILE} and no eval_subject_ids in the fold cards")
+    return out
+
+
+def _copy_images(src: Path, dst: Path) -> None:
+    dst.mkdir(parents=True)
+    for path in src.glob("*.nii*"):
+        if "_gt" not in path.name:
+            shutil.copy(path, dst / path.name)
+
+
+def evaluate_patient(patient_dir: Path, bundle: ModelBundle, work: Path) -> dict[str, Any]:
+    """Analyses one patient's images and compares with its manual labels."""
+    reference = AcdcAdapter.load_study(patient_dir, with_labels=True)
+    series = reference.series[0]
+    info = read_info(patient_dir / INFO_FILE)
+    ed_no, es_no = int(info["ED"]), int(info["ES"])
+    frames = series.metadata["source_frames"]
+    ref = {"ED": series.labels[frames.index(ed_no)], "ES": series.labels[frames.index(es_no)]}
+    inputs = work / "in" / patient_dir.name
+    _copy_images(patient_dir, inputs)
+    folder, m = analyze_path(inputs, bundle, work / "out", AnalyzeOptions(report=False))
+    pred = {}
+    for phase, number in (("ED", ed_no), ("ES", es_no)):
+        seg = folder / "seg" / f"{patient_dir.name}_frame{number:02d}_seg.nii.gz"
+        pred[phase] = read_nifti(seg).image[..., 0].astype(np.uint8)  # (X, Y, Z)
+    sx, sy, sz = series.spacing
+    dz = slice_spacing_mm(series.positions(), sz)
+    truth = ventricular_function(ref["ED"], ref["ES"], sx * sy, dz)
+    mine = ventricular_function(pred["ED"], pred["ES"], sx * sy, dz)
+    row: dict[str, Any] = {"patient": patient_dir.name, "group": info.get("Group", "").strip()}
+    for phase in ("ED", "ES"):
+        for name, label in STRUCTURES.items():
+            row[f"dice_{name}_{phase}"] = dice(pred[phase] == label, ref[phase] == label)
+    for key in ("lv_ef_pct", "rv_ef_pct", "lv_edv_ml", "lv_esv_ml", "lv_mass_g", "rv_edv_ml"):
+        row[f"{key}_ref"] = getattr(truth, key)
+        row[f"{key}_pred"] = getattr(mine, key)
+        row[f"{key}_err"] = getattr(mine, key) - getattr(truth, key)
+    # The analysis's own ED/ES choice among the two frames (frame files in name order).
+    order = sorted((ed_no, es_no))
+    row["ed_es_correct"] = bool(
+        m.get("ed_frame") is not None and order[m["ed_frame"]] == ed_no and order[m["es_frame"]] == es_no
+    )
+    row["analysis_lv_ef_pct"] = m.get("lv_ef_pct")
+    row["ood_flag"] = (m.get("ood") or {}).get("flag")
+    shutil.rmtree(folder)
+    return row
+
+
+def bland_altman(rows: list[dict[str, Any]], path: Path) -> Path:
+    """Bland–Altman panels (mean vs difference, bias and 95 % limits) for four measurements."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = (
+        ("lv_ef_pct", "LVEF (%)"),
+        ("rv_ef_pct", "RVEF (%)"),
+        ("lv_edv_ml", "LVEDV (mL)"),
+        ("lv_mass_g", "LV mass (g)"),
+    )
+    fig, axes = plt.subplots(2, 2, figsize=(9, 7), dpi=100)
+    for ax, (key, title) in zip(axes.ravel(), panels, strict=True):
+        ref = np.array([r[f"{key}_ref"] for r in rows], float)
+        pred = np.array([r[f"{key}_pred"] for r in rows], float)
+        ok = np.isfinite(ref) & np.isfinite(pred)
+        mean, diff = (ref[ok] + pred[ok]) / 2, pred[ok] - ref[ok]
+        ax.scatter(mean, diff, s=12)
+        if diff.size:
+            bias, sd = diff.mean(), diff.std(ddof=1) if diff.size > 1 else 0.0
+            for value, style in ((bias, "-"), (bias + 1.96 * sd, "--"), (bias - 1.96 * sd, "--")):
+                ax.axhline(value, color="grey", linestyle=style)
+        ax.set_title(title)
+        ax.set_xlabel("mean of manual and cmrfm")
+        ax.set_ylabel("cmrfm − manual")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Means of Dice, MAE of EF, mean/MAE of volume and mass errors."""
+    out: dict[str, float] = {"patients": float(len(rows))}
+    for key in rows[0]:
+        if key.startswith("dice_"):
+            out[key] = float(np.nanmean([r[key] for r in rows]))
+    out["dice_mean"] = float(np.nanmean([v for k, v in out.items() if k.startswith("dice_")]))
+    for key in ("lv_ef_pct", "rv_ef_pct", "lv_edv_ml", "lv_esv_ml", "lv_mass_g", "rv_edv_ml"):
+        errors = np.array([r[f"{key}_err"] for r in rows], float)
+        out[f"{key}_mae"] = float(np.nanmean(np.abs(errors)))
+        out[f"{key}_bias"] = float(np.nanmean(errors))
+    out["ed_es_correct_pct"] = 100.0 * float(np.mean([r["ed_es_correct"] for r in rows]))
+    return out
+
+
+def run(cv: Path, acdc: Path, out: Path, patients: int, write: bool) -> dict[str, float]:
+    """Evaluates every held-out patient (the first ``patients`` when > 0); writes CSV, JSON, plot."""
+    folds = held_out_fold(cv)
+    ids = [p for p, _ in list_patients(acdc) if p in folds]
+    if patients > 0:
+        ids = ids[:patients]
+    if not ids:
+        raise InputError(acdc, "no ACDC patient is held out by any fold")
+    out.mkdir(parents=True, exist_ok=True)
+    bundles: dict[int, ModelBundle] = {}
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="cmrfm-acdc-cv-") as tmp:
+        for n, patient in enumerate(ids):
+            fold = folds[patient]
+            if fold not in bundles:
+                bundles[fold] = ModelBundle.from_files({"sax-seg": cv / f"fold{fold}.safetensors"})
+            rows.append({"fold": fold, **evaluate_patient(acdc / patient, bundles[fold], Path(tmp) / str(n))})
+    with (out / "per_patient.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    summary = summarise(rows)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plot = bland_altman(rows, out / "bland_altman.png")
+    cards = {f: b.models["sax-seg"].card for f, b in bundles.items()}
+    section = _section(summary, cards, cv, len(ids))
+    print(section)
+    if write:
+        _write_section(section, plot)
+    return summary
+
+
+def _section(summary: dict[str, float], cards: dict[int, dict], cv: Path, n: int) -> str:
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    trained = all(c.get("steps") for c in cards.values())
+    shown = cv.relative_to(ROOT) if cv.is_relative_to(ROOT) else cv
+    lines = [
+        HEADING,
+        "",
+        f"Machine: {platform.node() or 'unknown'}, {platform.machine()}. Date: {now}. "
+        f"Command: `python benchmarks/analyze_acdc_cv.py --cv {shown} --write`. "
+        f"{n} patients, folds {sorted(cards)}; each patient analysed by the fold model that held it out"
+        + ("" if trained else " (**untrained weights: numbers are meaningless**)")
+        + ".",
+        "",
+        "| structure | Dice ED | Dice ES |",
+        "|---|---|---|",
+    ]
+    for name in STRUCTURES:
+        lines.append(f"| {name} | {summary[f'dice_{name}_ED']:.3f} | {summary[f'dice_{name}_ES']:.3f} |")
+    lines += [
+        "",
+        f"Mean Dice {summary['dice_mean']:.3f} (target ≥ 0.90). "
+        f"LVEF MAE {summary['lv_ef_pct_mae']:.1f} points (target ≤ 5), "
+        f"RVEF MAE {summary['rv_ef_pct_mae']:.1f}; "
+        f"LVEDV error {summary['lv_edv_ml_bias']:+.1f} mL (MAE {summary['lv_edv_ml_mae']:.1f}), "
+        f"LVESV {summary['lv_esv_ml_bias']:+.1f} (MAE {summary['lv_esv_ml_mae']:.1f}), "
+        f"LV mass {summary['lv_mass_g_bias']:+.1f} g (MAE {summary['lv_mass_g_mae']:.1f}); "
+        f"ED/ES chosen correctly in {summary['ed_es_correct_pct']:.0f} %.",
+        "",
+        "![Bland-Altman](images/acdc_cv_bland_altman.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _write_section(section: str, plot: Path) -> None:
+    images = RESULTS.parent / "images"
+    images.mkdir(exist_ok=True)
+    shutil.copy(plot, images / "acdc_cv_bland_altman.png")
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    start = text.find(HEADING)
+    if start < 0:
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = text.find("\n## ", start + len(HEADING))
+        text = text[:start] + section + ("" if end < 0 else text[end:])
+    RESULTS.write_text(text.rstrip("\n") + "\n")
+
+
+def main(argv: list[str] | None = None) -> dict[str, float] | None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cv", type=Path, default=DEFAULT_CV, help="folder of fold{k}.safetensors")
+    parser.add_argument("--acdc", type=Path, default=None, help="ACDC training folder")
+    parser.add_argument("--out", type=Path, default=Path("runs/analyze_acdc_cv"))
+    parser.add_argument("--patients", type=int, default=0, help="first N held-out patients (0 = all)")
+    parser.add_argument("--write", action="store_true", help="rewrite this section of RESULTS.md")
+    parser.add_argument("--write-splits", type=int, default=0, metavar="K", help="write a K-fold splits.json")
+    parser.add_argument("--seed", type=int, default=0, help="split seed for --write-splits")
+    args = parser.parse_args(argv)
+    from cmrfm.tasks.sources import resolve_root
+
+    acdc = args.acdc or resolve_root("acdc", None)
+    if args.write_splits:
+        print(f"wrote {write_splits(acdc, args.cv, args.write_splits, args.seed)}")
+        return None
+    if not any(args.cv.glob("fold*.safetensors")):
+        raise SystemExit(f"no fold models in {args.cv}: train them first (see docstring); awaiting weights")
+    return run(args.cv, acdc, args.out, args.patients, args.write)
+
+
+if __name__ == "__main__":
+    main()
