@@ -45,6 +45,8 @@ TRICUSPID_DROP_MM = 6.0
 RV_APEX_FRACTION = 0.28
 #: Pericardial fat layer thickness (mm).
 PERICARDIAL_FAT_MM = 2.5
+#: How far below the mitral plane the aortic root and pulmonary trunk may reach (mm).
+VESSEL_BELOW_MITRAL_MM = 6.0
 ATRIAL_WALL_MM = 2.0
 #: Grid steps (mm) for RV calibration and for the reported numeric volumes.
 COARSE_STEP_MM = 2.0
@@ -276,11 +278,35 @@ class HeartModel:
         return HeartCoords.from_points(grid)
 
     def _rv_volume(self, t: float, step: float, scale: float, radial: float) -> float:
+        """RV cavity volume (mL) on a grid over the RV ellipsoid only (fast path of :meth:`classify`)."""
         self._rv_scale, self._rv_radial = scale, radial
-        state = self.state(t)
-        coords = self._grid(step, state)
-        classes = self.classify(coords, state)
-        return float(np.count_nonzero(classes == Tissue.RV_BLOOD)) * step**3 * ML_PER_MM3
+        s = self.state(t)
+        A, B, C = s.rv_axes
+        reach = max(A, B)
+        cx, cy, cz = s.rv_centre
+        xs = np.arange(cx - reach, cx + reach, step) + step / 2
+        ys = np.arange(cy - reach, cy + reach, step) + step / 2
+        zs = np.arange(cz - C, s.z_tricuspid, step) + step / 2
+        grid = np.stack(np.meshgrid(xs, ys, zs, indexing="ij"), -1).reshape(-1, 3)  # (N, 3)
+        hc = HeartCoords.from_points(grid)
+        lv_outer = self._lv_outer(hc, s)
+        rv_cav = ~lv_outer & self._rv_inside(hc, s)
+        return float(np.count_nonzero(rv_cav)) * step**3 * ML_PER_MM3
+
+    def _lv_outer(self, hc: HeartCoords, s: HeartState) -> np.ndarray:
+        """Points inside the LV epicardium (below the mitral plane)."""
+        dz = hc.z - np.float32(s.zc)
+        inv_ao2 = (1.0 / s.ao**2).astype(np.float32)[hc.bins]
+        return (hc.r2 * inv_ao2 + dz * dz * np.float32(1.0 / s.Lo**2) <= 1.0) & (hc.z <= s.z_base)
+
+    def _rv_inside(self, hc: HeartCoords, s: HeartState) -> np.ndarray:
+        """Points inside the RV ellipsoid and below the tricuspid plane."""
+        e_r = _unit(RV_ANGLE_DEG)
+        A, B, C = s.rv_axes
+        vx, vy, vz = hc.x - s.rv_centre[0], hc.y - s.rv_centre[1], hc.z - s.rv_centre[2]
+        u_r = vx * e_r[0] + vy * e_r[1]
+        u_t = -vx * e_r[1] + vy * e_r[0]
+        return (hc.z <= s.z_tricuspid) & ((u_r / A) ** 2 + (u_t / B) ** 2 + (vz / C) ** 2 <= 1.0)
 
     def _calibrate_rv(self) -> None:
         p = self.p
@@ -345,22 +371,11 @@ class HeartModel:
         w = p.rv_wall_mm
         rv_outer = below_tri & ((u_r / (A + w)) ** 2 + (u_t / (B + w)) ** 2 + (vz / (C + w)) ** 2 <= 1.0)
         out[(out == 0) & rv_outer & ~lv_outer] = Tissue.RV_WALL
-        for p0, p1, rad in (s.aorta, s.pa):
-            vessel = _capsule(x, y, z, p0, p1, rad) & (out == 0) & (z > s.z_base - 6.0)
-            out[vessel] = Tissue.VESSEL_BLOOD
-        above_mv = z > s.z_base
-        la_wall_scale = (s.la_axes + ATRIAL_WALL_MM) / s.la_axes
-        ra_wall_scale = (s.ra_axes + ATRIAL_WALL_MM) / s.ra_axes
-        la_q = _ellipsoid_q(x, y, z, s.la_centre, s.la_axes)
-        ra_q = _ellipsoid_q(x, y, z, s.ra_centre, s.ra_axes)
-        free = out == 0
-        out[free & above_mv & (la_q <= 1.0)] = Tissue.LA_BLOOD
-        out[(out == 0) & (z > s.z_tricuspid) & (ra_q <= 1.0)] = Tissue.RA_BLOOD
-        walls = (out == 0) & (
-            (above_mv & (_ellipsoid_q(x, y, z, s.la_centre, s.la_axes * la_wall_scale) <= 1.0))
-            | ((z > s.z_tricuspid) & (_ellipsoid_q(x, y, z, s.ra_centre, s.ra_axes * ra_wall_scale) <= 1.0))
-        )
-        out[walls] = Tissue.ATRIAL_WALL
+        # Vessels and atria lie above the valve planes: evaluate them on that subset only.
+        vessel_floor = s.z_base - VESSEL_BELOW_MITRAL_MM
+        upper = np.flatnonzero((out == 0) & (z > min(vessel_floor, s.z_tricuspid)))
+        if upper.size:
+            out[upper] = self._above_valves(x[upper], y[upper], z[upper], s, vessel_floor)
         fat = PERICARDIAL_FAT_MM
         inv_af2 = (1.0 / (s.ao + fat) ** 2).astype(np.float32)[bins]
         lv_fat = (r2 * inv_af2 + dz * dz / (s.Lo + fat) ** 2 <= 1.0) & (z <= s.z_base + fat)
@@ -369,6 +384,21 @@ class HeartModel:
         )
         out[(out == 0) & (lv_fat | rv_fat)] = Tissue.PERICARDIAL_FAT
         return out
+
+    def _above_valves(self, x, y, z, s: HeartState, vessel_floor: float) -> np.ndarray:
+        """Classes of points above the valve planes: aorta, pulmonary trunk, LA, RA, atrial walls."""
+        sub = np.zeros(x.shape, dtype=np.uint8)
+        for p0, p1, rad in (s.aorta, s.pa):
+            sub[(sub == 0) & (z > vessel_floor) & _capsule(x, y, z, p0, p1, rad)] = Tissue.VESSEL_BLOOD
+        above_mv, above_tv = z > s.z_base, z > s.z_tricuspid
+        sub[(sub == 0) & above_mv & (_ellipsoid_q(x, y, z, s.la_centre, s.la_axes) <= 1.0)] = Tissue.LA_BLOOD
+        sub[(sub == 0) & above_tv & (_ellipsoid_q(x, y, z, s.ra_centre, s.ra_axes) <= 1.0)] = Tissue.RA_BLOOD
+        walls = (sub == 0) & (
+            (above_mv & (_ellipsoid_q(x, y, z, s.la_centre, s.la_axes + ATRIAL_WALL_MM) <= 1.0))
+            | (above_tv & (_ellipsoid_q(x, y, z, s.ra_centre, s.ra_axes + ATRIAL_WALL_MM) <= 1.0))
+        )
+        sub[walls] = Tissue.ATRIAL_WALL
+        return sub
 
     def _scar(
         self,
