@@ -47,7 +47,14 @@ def test_bad_subject_parameters_are_config_errors(field, value, match):
 
 @pytest.mark.parametrize(
     "override",
-    ["n_frames=0", "sax.slice_thickness_mm=[-2,3]", "imaging.field_strengths=[7.0]", "sequences=[flair]"],
+    [
+        "n_frames=0",
+        "sax.slice_thickness_mm=[-2,3]",
+        "imaging.field_strengths=[7.0]",
+        "sequences=[flair]",
+        "views=[]",
+        "artefact.motion_grade=4",
+    ],
 )
 def test_bad_config_is_a_config_error(override):
     with pytest.raises(ConfigError):

@@ -143,6 +143,8 @@ def validate_config(config: SimConfig) -> SimConfig:
             raise ConfigError(f"unknown pathology {group!r}; choose from {[str(g) for g in SIM_GROUPS]}")
     if not config.sequences:
         raise ConfigError("sequences: give at least one sequence")
+    if "cine" in config.sequences and not config.views:
+        raise ConfigError("views: cine needs at least one view (sax, 2ch, 3ch, 4ch)")
     im = config.imaging
     for fs in im.field_strengths:
         if float(fs) not in FIELD_STRENGTHS:
