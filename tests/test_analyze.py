@@ -241,3 +241,23 @@ def test_tta_adds_flip_variance(tiny_weights):
     assert plain.probs.shape == (3, 4, 32, 32)
     np.testing.assert_allclose(plain.probs.sum(axis=1), 1.0, atol=1e-4)
     assert (plain.level_variance >= 0).all()
+
+
+def test_single_4d_nifti_file(tmp_path, tiny_weights):
+    rng = np.random.default_rng(3)
+    yy, xx = np.mgrid[:40, :40]
+    frames = []
+    for radius in (9, 8, 6, 7, 9):
+        disc = ((yy - 20) ** 2 + (xx - 20) ** 2 < radius**2).astype(np.float32) * 200
+        frames.append(np.stack([disc] * 4, axis=-1) + rng.normal(0, 5, (40, 40, 4)))
+    affine = np.array([[0, -1.6, 0, 30], [1.6, 0, 0, -10], [0, 0, 9.0, 5], [0, 0, 0, 1]])
+    path = tmp_path / "cine.nii.gz"
+    nib.save(nib.Nifti1Image(np.stack(frames, axis=-1).astype(np.float32), affine), path)
+    out = tmp_path / "out"
+    code = main(["analyze", str(path), "--out", str(out), "--weights", str(tiny_weights), "--no-report"])
+    assert code == 0
+    seg = nib.load(str(out / "cine" / "seg" / "cine_seg.nii.gz"))
+    assert seg.shape == (40, 40, 4, 5)
+    np.testing.assert_allclose(seg.affine, affine, atol=1e-6)
+    m = json.loads((out / "cine" / "measurements.json").read_text())
+    assert len(m["lv_volume_curve_ml"]) == 5 and m["cine_series"] == "cine"

@@ -169,6 +169,10 @@ def _fmt(value: Any) -> str:
     return html.escape(str(value))
 
 
+def _fmt3(value: Any) -> str:
+    return "—" if value is None else f"{float(value):.3f}"
+
+
 def _table(m: dict[str, Any]) -> str:
     flags = m.get("flags") or {}
     lines = [
@@ -190,7 +194,12 @@ def _table(m: dict[str, Any]) -> str:
 
 
 def _kv(data: dict[str, Any]) -> str:
-    cells = [(k, v if not isinstance(v, dict | list) else str(v)) for k, v in data.items()]
+    def text(v: Any) -> Any:
+        if isinstance(v, dict):
+            return ", ".join(f"{k} {x}" for k, x in v.items())
+        return str(v) if isinstance(v, list) else v
+
+    cells = [(k, text(v)) for k, v in data.items()]
     rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{_fmt(v)}</td></tr>" for k, v in cells)
     return f"<table>{rows}</table>"
 
@@ -270,7 +279,8 @@ def write_report(analysis: Any, folder: Path) -> Path:
     ood = m.get("ood") or {}
     parts.append(
         f"<h2>Reliability</h2><p>Out-of-distribution flag: <b>{'YES' if ood.get('flag') else 'no'}</b> "
-        f"(mean entropy {_fmt(ood.get('mean_entropy'))}, threshold {_fmt(ood.get('entropy_threshold'))})</p>"
+        f"(mean entropy {_fmt3(ood.get('mean_entropy'))}, "
+        f"threshold {_fmt3(ood.get('entropy_threshold'))})</p>"
     )
     if m.get("uncertainty"):
         parts.append(_kv(m["uncertainty"]))
