@@ -10,7 +10,7 @@ import numpy as np
 import pydicom
 import pytest
 import torch
-from dicom_factory import FAKE_BIRTH_DATE, FAKE_PATIENT_ID, write_cine
+from dicom_factory import FAKE_BIRTH_DATE, FAKE_PATIENT_ID, write_cine, write_localiser
 from pydicom.uid import generate_uid
 
 from cmrfm.cli import main
@@ -124,3 +124,18 @@ def test_write_dicom_seg_places_labels_on_their_source_images(tmp_path, dicom_st
             assert uid in source
             checked += 1
     assert checked == 2
+
+
+def test_mixed_series_folder_segments_only_the_cine(tmp_path, seg_weights):
+    study_uid = generate_uid()
+    folder = tmp_path / "mixed"
+    write_cine(folder / "cine", n_slices=3, n_frames=2, rows=32, cols=32, study_uid=study_uid)
+    write_localiser(folder / "loc", study_uid=study_uid)
+    out = tmp_path / "out"
+    args = ["analyze", str(folder), "--out", str(out), "--weights", str(seg_weights), "--no-report"]
+    assert main(args) == 0
+    (study_dir,) = [p for p in out.iterdir() if p.is_dir()]
+    m = json.loads((study_dir / "measurements.json").read_text())
+    assert len(m["series"]) >= 2
+    assert m["cine_series"] in [s["name"] for s in m["series"] if s["view"] == "sax"]
+    assert all(s["view"] != "sax" for s in m["series"] if s["name"] != m["cine_series"])

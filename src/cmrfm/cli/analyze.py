@@ -97,7 +97,12 @@ def analyze(
         None, "--threads", help="CPU threads for inference (default: torch's; 1 is best on a busy machine)."
     ),
 ) -> None:
-    """Analyse CMR studies: volumes, EF, mass, diagnosis, LGE scar, masks and an HTML report."""
+    """Analyse CMR studies: volumes, EF, mass, diagnosis, LGE scar, masks and an HTML report.
+
+    Writes OUT/<study>/ per study (an existing folder is never overwritten: -2, -3... is appended),
+    OUT/measurements.csv and OUT/failures.csv; exits 1 when any study failed. Labels beside the
+    images are never used. No patient identifiers in outputs unless --keep-identifiers.
+    """
     from rich.console import Console
     from rich.progress import Progress
 
