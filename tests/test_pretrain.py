@@ -167,7 +167,7 @@ def test_shipped_configs_parse(path):
     from cmrfm.pretrain.loop import model_config
 
     cfg = build_config(PretrainConfig, yaml_paths=[path])
-    assert model_config(cfg).depth > 0 and cfg.steps > 0
+    assert model_config(cfg).depth > 0 and (cfg.steps > 0 or cfg.time_limit_min > 0)
 
 
 def test_cli_runs_with_overrides_and_exports(tmp_path, capsys):
@@ -205,3 +205,13 @@ def test_simulator_source_is_deterministic_and_resumable():
     assert np.array_equal(next(b), images[2]) and np.array_equal(next(b), images[3])
     other_rank = SimulatorSource(seed=0, rank=1, items_per_subject=2, overrides=fast)
     assert not np.array_equal(next(other_rank), images[0])
+
+
+def test_time_budget_plans_the_schedule(tmp_path):
+    cfg = config(tmp_path, "objective=mae", "steps=0", "time_limit_min=0.04", "calibration_steps=3")
+    result = pretrain(cfg)
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert state["planned"] and state["total_steps"] >= 4
+    assert result.steps == state["step"] <= state["total_steps"]
+    with pytest.raises(ConfigError, match="time_limit_min"):
+        pretrain(config(tmp_path, "steps=0", name="nobudget"))

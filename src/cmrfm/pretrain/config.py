@@ -90,7 +90,10 @@ class PretrainConfig:
         data: Image mixture.
         probe: Periodic k-NN probe.
         batch_size: Images per process per step.
-        steps: Total optimiser steps.
+        steps: Total optimiser steps. 0 with ``time_limit_min`` > 0 plans them from the budget: the
+            speed of the first ``calibration_steps`` steps sets the count so the lr, weight-decay and
+            momentum schedules complete within the time limit (for shared or unknown machines).
+        calibration_steps: Steps timed to plan ``steps`` when it is 0.
         seed: Seed of initialisation, data order and augmentations.
         precision: ``auto`` (bf16 where measured faster: CUDA with bf16, CPUs with AVX512-BF16/AMX),
             ``fp32`` or ``bf16``.
@@ -116,6 +119,7 @@ class PretrainConfig:
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     batch_size: int = 32
     steps: int = 1000
+    calibration_steps: int = 20
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"

@@ -66,7 +66,7 @@ def export_run(
         "objective": objective,
         "weights_from": prefix.rstrip("."),
         "steps": steps,
-        "total_steps_planned": config["steps"],
+        "total_steps_planned": int(state.get("total_steps", config["steps"])),
         "images_seen": steps * config["batch_size"] * world,
         "batch_size_global": config["batch_size"] * world,
         "data": {"sources": config["data"]["sources"], "image_size": config["data"]["image_size"]},

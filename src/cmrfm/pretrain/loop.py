@@ -45,6 +45,10 @@ OBJECTIVES.register("mae")(lambda backbone, cfg: MAE(backbone, cfg.mae))
 NO_DECAY = ("pos_embed", "cls_token", "mask_token", "decoder_pos_embed", "decoder_mask_token")
 #: Seed-mixing constant separating the per-step torch seed from other streams.
 STEP_SEED_SALT = 1_000_003
+#: Schedule length used until a time-budgeted run (``steps=0``) has planned its step count.
+PROVISIONAL_STEPS = 100_000
+#: Fraction of the remaining time budget planned for training (the rest absorbs probes/checkpoints).
+BUDGET_SAFETY = 0.95
 #: Checkpoint format tag.
 CKPT_FORMAT = "cmrfm-pretrain/1"
 LOG_COLUMNS = ("step", "loss", "lr", "wd", "images_per_s", "gflops_per_s", "grad_norm", "seconds")
@@ -152,16 +156,14 @@ class Trainer:
         self.cfg, self.ctx = cfg, ctx
         self.run_dir = Path(cfg.out)
         self.ckpt = CheckpointManager(self.run_dir / "checkpoints", keep=cfg.keep_checkpoints)
+        if cfg.steps <= 0 and cfg.time_limit_min <= 0:
+            raise ConfigError("steps=0 plans the run from a time budget: also set time_limit_min > 0")
         self.objective = build_objective(cfg).to(ctx.device)
-        self.objective.setup(cfg.steps)
         self.dtype = resolve_precision(cfg.precision, ctx.device)
         groups = param_groups(self.objective, cfg.optim.weight_decay, no_weight_decay=NO_DECAY)
         self.optimizer = build_adamw(groups, cfg.optim)
-        global_batch = cfg.batch_size * ctx.world_size
-        ref = cfg.optim.lr_ref_batch
-        peak = cfg.optim.lr * (global_batch / ref if ref > 0 else 1.0)
-        self.lrs = cosine_schedule(peak, cfg.optim.min_lr, cfg.steps, cfg.optim.warmup_steps)
-        self.wds = cosine_schedule(cfg.optim.weight_decay, cfg.optim.weight_decay_end, cfg.steps)
+        self.planned = cfg.steps > 0
+        self.set_total_steps(cfg.steps if self.planned else PROVISIONAL_STEPS)
         self.data = Mixture(cfg.data, cfg.seed, ctx.rank, ctx.world_size)
         self.flops_per_step = self.count_flops(0) * ctx.world_size  # before DDP hooks exist
         self.model: nn.Module = self.objective
@@ -172,6 +174,32 @@ class Trainer:
         self.probes: dict[int, dict[str, float]] = {}
         self._probe_set = None
 
+    def set_total_steps(self, total: int) -> None:
+        """(Re)builds the lr, weight-decay and objective schedules for a run of ``total`` steps."""
+        cfg = self.cfg
+        self.total_steps = int(total)
+        self.objective.setup(self.total_steps)
+        global_batch = cfg.batch_size * self.ctx.world_size
+        ref = cfg.optim.lr_ref_batch
+        peak = cfg.optim.lr * (global_batch / ref if ref > 0 else 1.0)
+        self.lrs = cosine_schedule(peak, cfg.optim.min_lr, self.total_steps, cfg.optim.warmup_steps)
+        self.wds = cosine_schedule(cfg.optim.weight_decay, cfg.optim.weight_decay_end, self.total_steps)
+
+    def plan_from_budget(self, done: int, steps_timed: int, seconds: float, elapsed: float) -> None:
+        """Fixes ``total_steps`` so the run ends within ``time_limit_min`` at the measured speed."""
+        remaining = max(0.0, 60 * self.cfg.time_limit_min - elapsed) * BUDGET_SAFETY
+        total = torch.tensor([done + int(remaining * steps_timed / max(seconds, 1e-9))])
+        if self.ctx.distributed:
+            import torch.distributed as dist
+
+            dist.broadcast(total, src=0)
+        self.set_total_steps(max(int(total.item()), done + 1))
+        self.planned = True
+        self._report(
+            f"planned {self.total_steps} steps for the {self.cfg.time_limit_min} min budget "
+            f"({steps_timed / max(seconds, 1e-9):.2f} steps/s measured)"
+        )
+
     # ----- checkpoints -------------------------------------------------------------------------
     def state(self, next_step: int) -> dict[str, Any]:
         """Everything needed to continue after ``next_step - 1``."""
@@ -179,6 +207,8 @@ class Trainer:
             "format": CKPT_FORMAT,
             "cmrfm_version": __version__,
             "step": next_step,
+            "total_steps": self.total_steps,
+            "planned": self.planned,
             "objective_name": self.cfg.objective,
             "architecture": architecture(self.objective.backbone.cfg),
             "config": to_dict(self.cfg),
@@ -216,6 +246,9 @@ class Trainer:
             )
         try:
             self.objective.load_state_dict(state["objective"])
+            if state.get("planned", True):
+                self.set_total_steps(int(state.get("total_steps", self.cfg.steps)))
+                self.planned = True
         except RuntimeError as err:
             raise ConfigError(f"{self.ckpt.last}: weights do not fit this objective ({err})") from None
         self.optimizer.load_state_dict(state["optimizer"])
@@ -290,7 +323,7 @@ class Trainer:
 
     # ----- the run -----------------------------------------------------------------------------
     def run(self) -> RunResult:
-        """Trains from ``start_step`` to ``cfg.steps``."""
+        """Trains from ``start_step`` to ``total_steps`` (or ``stop_at_step`` / the time limit)."""
         cfg, ctx = self.cfg, self.ctx
         log = _CsvLog(self.run_dir / "log.csv") if ctx.is_main else None
         probe_every = cfg.probe.every
@@ -298,18 +331,24 @@ class Trainer:
             self._report(f"probe before training: {self.probe(0)}")
         loss = float("nan")
         images_total, seconds_total = 0, 0.0
-        progress = _progress(ctx.is_main, cfg.steps, self.start_step)
+        progress = _progress(ctx.is_main, self.total_steps, self.start_step)
         t_last, n_last = time.perf_counter(), 0
         t_start = t_last
-        end = min(cfg.steps, cfg.stop_at_step) if cfg.stop_at_step > 0 else cfg.steps
-        completed = self.start_step
-        for step in range(self.start_step, end):
+        completed = step = self.start_step
+        calibrate_at = self.start_step + max(1, cfg.calibration_steps)
+        while step < self._end():
             loss, grad_norm = self.train_step(step)
             n_last += 1
             done = step + 1
+            if not self.planned and done == calibrate_at:
+                elapsed = time.perf_counter() - t_start
+                self.plan_from_budget(done, done - self.start_step, elapsed, elapsed)
+                if progress is not None:
+                    progress.set_total(self.total_steps)
+            end = self._end()
             if progress is not None:
                 progress.advance(loss)
-            if done % cfg.log_every == 0 or done == cfg.steps:
+            if done % cfg.log_every == 0 or done == end:
                 now = time.perf_counter()
                 dt = now - t_last
                 imgs = n_last * cfg.batch_size * ctx.world_size
@@ -328,18 +367,20 @@ class Trainer:
                     log.write(row)
                     if progress is None:
                         self._report(
-                            f"step {done}/{cfg.steps} loss {loss:.4f} lr {row['lr']:.2e} "
+                            f"step {done}/{self.total_steps} loss {loss:.4f} lr {row['lr']:.2e} "
                             f"{row['images_per_s']:.1f} img/s {row['gflops_per_s']:.0f} GFLOP/s"
                         )
                 t_last, n_last = time.perf_counter(), 0
             completed = done
             out_of_time = self._out_of_time(t_start)
-            if ctx.is_main and probe_every and (done % probe_every == 0 or done == cfg.steps):
+            last = done == self.total_steps
+            if ctx.is_main and probe_every and (done % probe_every == 0 or last):
                 result = self.probe(done)
                 self._report(f"probe at step {done}: {result}")
             if done % cfg.ckpt_every == 0 or done == end or out_of_time:
                 self.save(done)
             t_last = time.perf_counter() if done % cfg.log_every == 0 else t_last
+            step = done
             if out_of_time:
                 self._report(
                     f"time limit of {cfg.time_limit_min} min reached at step {done}; resume with --resume"
@@ -360,6 +401,11 @@ class Trainer:
             / 1e9,
             probes=self.probes,
         )
+
+    def _end(self) -> int:
+        """The step this session stops at (``stop_at_step`` or the end of the schedule)."""
+        stop = self.cfg.stop_at_step
+        return min(self.total_steps, stop) if stop > 0 else self.total_steps
 
     def _out_of_time(self, t_start: float) -> bool:
         """Whether the wall-clock budget is spent (decided on rank 0, shared with every rank)."""
@@ -443,6 +489,9 @@ class _Progress:
 
     def advance(self, loss: float) -> None:
         self.bar.update(self.task, advance=1, loss=loss)
+
+    def set_total(self, total: int) -> None:
+        self.bar.update(self.task, total=total)
 
     def close(self) -> None:
         self.bar.stop()
