@@ -260,3 +260,14 @@ def test_sidecar_keys_of_the_wrong_type(tmp_path, side):
     (tmp_path / "x.json").write_text(json.dumps(side))
     with pytest.raises(InputError, match=f"sidecar key '{next(iter(side))}' has an invalid value"):
         read_nifti(path)
+
+
+def test_lone_acdc_frame_uses_acdc_label_ids(acdc_root):
+    """A single ACDC frame file (no sidecar) must map ACDC's 1 RV / 3 LV, not read them as internal ids."""
+    from cmrfm.constants import Label
+    from cmrfm.io.loader import load_study
+
+    series = load_study(acdc_root / "patient001" / "patient001_frame01.nii.gz").series[0]
+    mask, image = series.labels[0], series.image[..., 0]
+    assert image[mask == Label.LV].mean() > image[mask == Label.MYO].mean()
+    assert (mask == Label.LV).sum() > (mask == Label.RV).sum()  # patient001 (DCM): large LV

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Sequence as SequenceABC
 from pathlib import Path
 from typing import Any
@@ -269,6 +270,21 @@ def _enum(value: Any, enum: type, where: Path, key: str) -> Any:
         raise InputError(where, f"unknown {key} {value!r} in sidecar; valid: {valid}") from None
 
 
+#: ACDC image files (``patientNNN_frameXX`` / ``patientNNN_4d``), recognised beside an ``Info.cfg``.
+_ACDC_FILE = re.compile(r"^patient\d+_(frame\d+|4d)$")
+
+
+def infer_label_convention(image_path: Path) -> str | None:
+    """The label convention implied by where a file lives, for files whose sidecar names none.
+
+    A lone ACDC frame (``patient001_frame01.nii.gz`` beside its ``Info.cfg``) uses ACDC's ids
+    (1 RV, 3 LV), which read as internal ids would swap LV and RV silently. ``None`` = internal.
+    """
+    if (image_path.parent / "Info.cfg").is_file() and _ACDC_FILE.match(nifti_stem(image_path)):
+        return "acdc"
+    return None
+
+
 def label_table(convention: Any, where: Path) -> dict[int, int]:
     """The file id -> internal id table for a sidecar's ``label_convention``.
 
@@ -351,7 +367,9 @@ def _read_labels(
         raise InputError(
             label_path, f"label affine differs from the image's {image_path.name} (by up to {worst:.3g} mm)"
         )
-    table = label_table(side.get("label_convention"), sidecar_path(image_path))
+    table = label_table(
+        side.get("label_convention") or infer_label_convention(image_path), sidecar_path(image_path)
+    )
     data = map_label_ids(data, table, label_path)
     num_frames = shape[3]
     if data.ndim == 3:
