@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+#: Width used when output is not a terminal (pipes, logs), so tables are not squeezed to 80 columns.
+PIPE_WIDTH = 160
+
+
+def console() -> Console:
+    """A console that keeps tables readable when output goes to a pipe or a file."""
+    return Console() if sys.stdout.isatty() else Console(width=PIPE_WIDTH)
+
 
 def print_study_tables(summaries: list[dict[str, Any]], failures: list[dict[str, Any]]) -> None:
     """Prints one table per study (a row per series), then the failures."""
-    console = Console()
+    out = console()
     for summary in summaries:
         clinical = ", ".join(f"{k}={v}" for k, v in summary.get("clinical", {}).items())
         title = f"{summary['study']} ({summary.get('dataset') or 'study'})" + (
@@ -42,6 +51,6 @@ def print_study_tables(summaries: list[dict[str, Any]], failures: list[dict[str,
                 ", ".join(s["labels_present"]) or "-",
                 s["vendor"] or "-",
             )
-        console.print(table)
+        out.print(table)
     for failure in failures:
-        console.print(f"[red]failed[/red] {failure['source']}: {failure['error']}")
+        out.print(f"[red]failed[/red] {failure['source']}: {failure['error']}")

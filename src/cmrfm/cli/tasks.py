@@ -14,9 +14,9 @@ _KV_HELP = "Overrides as key=value (e.g. steps=500 optim.lr=1e-4 task_options.ro
 
 def list_tasks() -> None:
     """List the registered clinical tasks with their kind, data source and primary metric."""
-    from rich.console import Console
     from rich.table import Table
 
+    from cmrfm.cli.display import console
     from cmrfm.tasks import TASKS
 
     table = Table(title="cmrfm tasks", title_justify="left")
@@ -25,7 +25,7 @@ def list_tasks() -> None:
     for task_id in TASKS.names():
         info = TASKS.get(task_id).info
         table.add_row(info.id, info.kind, info.level, info.data, info.metric, ", ".join(info.classes))
-    Console().print(table)
+    console().print(table)
 
 
 def _finetune_config(
@@ -134,8 +134,9 @@ def fewshot(
 
 
 def _print_metrics(metrics: dict[str, float], intervals: dict[str, tuple[float, float]]) -> None:
-    from rich.console import Console
     from rich.table import Table
+
+    from cmrfm.cli.display import console
 
     table = Table(title="metrics", title_justify="left")
     table.add_column("metric")
@@ -144,7 +145,7 @@ def _print_metrics(metrics: dict[str, float], intervals: dict[str, tuple[float, 
     for name, value in metrics.items():
         ci = intervals.get(name)
         table.add_row(name, f"{value:.4f}", "" if ci is None else f"[{ci[0]:.4f}, {ci[1]:.4f}]")
-    Console().print(table)
+    console().print(table)
 
 
 def register(app: typer.Typer) -> None:
