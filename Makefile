@@ -17,7 +17,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/cmrfm demo --out $(DEMO_OUT)
+	$(BIN)/cmrfm simulate --subjects 1 --seed 0 --out $(DEMO_OUT)/cohort --overwrite
+	$(BIN)/cmrfm data inspect $(DEMO_OUT)/cohort/sim0000
 
 test: $(STAMP)
 	$(BIN)/ruff check .

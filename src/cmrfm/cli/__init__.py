@@ -16,7 +16,7 @@ from cmrfm import __version__
 from cmrfm.errors import CmrfmError
 
 #: Modules under ``cmrfm.cli`` that add commands, in help order.
-SUBCOMMAND_MODULES = ("data", "simulate", "pretrain", "tasks", "analyze", "demo")
+SUBCOMMAND_MODULES = ("data", "simulate", "pretrain", "tasks", "analyze")
 
 app = typer.Typer(
     name="cmrfm",
