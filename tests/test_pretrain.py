@@ -215,3 +215,32 @@ def test_time_budget_plans_the_schedule(tmp_path):
     assert result.steps == state["step"] <= state["total_steps"]
     with pytest.raises(ConfigError, match="time_limit_min"):
         pretrain(config(tmp_path, "steps=0", name="nobudget"))
+
+
+def test_knn_classify_votes_nearest_labels():
+    from cmrfm.pretrain.probe import knn_classify
+
+    train = torch.nn.functional.normalize(
+        torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]]), dim=-1
+    )
+    labels = torch.tensor([0, 0, 1, 1])
+    test = torch.nn.functional.normalize(torch.tensor([[1.0, 0.05], [0.05, 1.0]]), dim=-1)
+    assert knn_classify(train, labels, test, num_classes=2, k=2).tolist() == [0, 1]
+
+
+@pytest.mark.realdata
+def test_cache_source_and_acdc_group_probe(acdc_root, tmp_path):
+    from cmrfm.data.prepare import prepare_dataset
+    from cmrfm.pretrain.config import ProbeConfig
+    from cmrfm.pretrain.probe import cache_probe_set
+
+    prepare_dataset(
+        "acdc", acdc_root, tmp_path / "acdc", overrides=["max_studies=6", "size=64"], progress=False
+    )
+    probe = cache_probe_set(ProbeConfig(source="cache", path=str(tmp_path / "acdc"), label="group"), 32)
+    assert probe.train_images.shape[1:] == (1, 32, 32) and len(probe.test_labels) > 0
+    assert probe.classes and probe.name == "cache:group"
+    cfg = config(
+        tmp_path, "objective=mae", "steps=2", f"data.sources=[{{kind: cache, path: {tmp_path / 'acdc'}}}]"
+    )
+    assert pretrain(cfg).steps == 2

@@ -314,7 +314,7 @@ class Trainer:
         if self._probe_set is None:
             self._probe_set = build_probe_set(self.cfg.probe, self.objective.backbone.cfg.img_size)
         result = knn_probe(
-            self.objective.export_backbone(), self._probe_set, self.cfg.probe.k, self.ctx.device
+            self.objective.export_backbone(), self._probe_set, self.cfg.probe.k, self.ctx.device, self.dtype
         )
         result["probe_set"] = self._probe_set.name  # type: ignore[assignment]
         self.probes[step] = result

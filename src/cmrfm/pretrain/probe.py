@@ -104,13 +104,23 @@ def build_probe_set(cfg: ProbeConfig, size: int) -> ProbeSet:
 
 
 @torch.no_grad()
-def extract_features(model: VisionTransformer, images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """L2-normalised class-token features (N, D) of standardised images, in eval mode."""
+def extract_features(
+    model: VisionTransformer, images: torch.Tensor, device: torch.device, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """L2-normalised class-token features (N, D) of standardised images, in eval mode.
+
+    Args:
+        model: The backbone.
+        images: (N, 1, S, S) images in [0, 1].
+        device: Where to run.
+        dtype: Autocast dtype (e.g. ``torch.bfloat16``), or ``None`` for fp32.
+    """
     was_training = model.training
     model.eval()
     feats = []
     for chunk in images.split(FEATURE_BATCH):
-        feats.append(model(standardize(chunk.to(device))).float().cpu())
+        with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            feats.append(model(standardize(chunk.to(device))).float().cpu())
     model.train(was_training)
     return F.normalize(torch.cat(feats), dim=-1)
 
@@ -128,10 +138,16 @@ def knn_classify(
     return votes.argmax(dim=1)
 
 
-def knn_probe(model: VisionTransformer, probe: ProbeSet, k: int, device: torch.device) -> dict[str, float]:
+def knn_probe(
+    model: VisionTransformer,
+    probe: ProbeSet,
+    k: int,
+    device: torch.device,
+    dtype: torch.dtype | None = None,
+) -> dict[str, float]:
     """Accuracy and balanced accuracy of the k-NN probe on the test split."""
-    tr = extract_features(model, probe.train_images, device)
-    te = extract_features(model, probe.test_images, device)
+    tr = extract_features(model, probe.train_images, device, dtype)
+    te = extract_features(model, probe.test_images, device, dtype)
     pred = knn_classify(tr, probe.train_labels, te, len(probe.classes), k)
     correct = (pred == probe.test_labels).float()
     per_class = [correct[probe.test_labels == c].mean() for c in probe.test_labels.unique()]
