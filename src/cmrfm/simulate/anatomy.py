@@ -278,8 +278,15 @@ class HeartModel:
         return HeartCoords.from_points(grid)
 
     def _rv_volume(self, t: float, step: float, scale: float, radial: float) -> float:
-        """RV cavity volume (mL) on a grid over the RV ellipsoid only (fast path of :meth:`classify`)."""
+        """RV cavity volume (mL) with trial calibration ``scale`` and ``radial`` contraction."""
         self._rv_scale, self._rv_radial = scale, radial
+        return self.rv_volume_ml(t, step)
+
+    def rv_volume_ml(self, t: float, step: float = FINE_STEP_MM) -> float:
+        """RV cavity volume (mL) at cycle fraction ``t`` by grid integration over the RV only.
+
+        Same shapes as :meth:`classify` (RV ellipsoid below the tricuspid plane, outside the LV).
+        """
         s = self.state(t)
         A, B, C = s.rv_axes
         reach = max(A, B)

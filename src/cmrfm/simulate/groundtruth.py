@@ -23,6 +23,8 @@ INSERTION_STEP_DEG = 0.5
 #: Landmark names per view family (fixed order: generator items use these indices).
 SAX_LANDMARKS = ("rv_insertion_anterior", "rv_insertion_inferior")
 LAX_LANDMARKS = ("mitral_hinge_septal", "mitral_hinge_lateral", "lv_apex")
+#: Grid step (mm) of the RV volume integration (grid noise ~1 % at 0.75 mm, ~2 % at 1 mm).
+RV_TRUTH_STEP_MM = 0.75
 #: Rays for wall-thickness measurement on a mask.
 THICKNESS_RAYS = 72
 
@@ -107,7 +109,7 @@ def ejection_fraction(edv: float, esv: float) -> float:
 
 
 def analytic_truth(phantom: Phantom, es_t: float) -> dict[str, float]:
-    """Subject-level truth from the continuous model (LV exact; RV and scar by 1 mm integration).
+    """Subject-level truth from the continuous model (LV exact; RV and scar by grid integration).
 
     Args:
         phantom: The subject.
@@ -115,8 +117,8 @@ def analytic_truth(phantom: Phantom, es_t: float) -> dict[str, float]:
     """
     heart = phantom.heart
     lv_ed, lv_es = heart.lv_volume_ml(0.0), heart.lv_volume_ml(es_t)
-    rv_ed = heart.numeric_volume_ml(0.0, (Tissue.RV_BLOOD,), FINE_STEP_MM)
-    rv_es = heart.numeric_volume_ml(es_t, (Tissue.RV_BLOOD,), FINE_STEP_MM)
+    rv_ed = heart.rv_volume_ml(0.0, RV_TRUTH_STEP_MM)
+    rv_es = heart.rv_volume_ml(es_t, RV_TRUTH_STEP_MM)
     myo = heart.myo_volume_ml()
     truth = {
         "lv_edv_ml": lv_ed,
