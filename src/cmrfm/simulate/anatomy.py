@@ -38,8 +38,11 @@ PA_ANGLE_DEG = 75.0
 #: Papillary muscles (anterolateral, posteromedial) angles (deg).
 PAPILLARY_ANGLES_DEG = (150.0, 235.0)
 PAPILLARY_RADIUS_MM = 3.5
+#: RV ellipsoid semi-axes (radial, tangential) before calibration, in units of the LV epicardial radius.
+RV_RADIAL_AXIS = 0.8
+RV_TANGENTIAL_AXIS = 1.7
 #: How far the RV ellipsoid reaches into the LV (fraction of the epicardial radius) on its septal side.
-RV_SEPTAL_REACH = 0.35
+RV_SEPTAL_REACH = 0.45
 #: Tricuspid plane below the mitral plane (mm); RV apex height as a fraction of the LV base height.
 TRICUSPID_DROP_MM = 6.0
 RV_APEX_FRACTION = 0.28
@@ -260,8 +263,8 @@ class HeartModel:
         z_tri = z_base - TRICUSPID_DROP_MM
         z_apex = RV_APEX_FRACTION * z_base_ed
         C = (z_tri - z_apex) / 1.3
-        A = 1.0 * self.R_epi * scale * (1 - radial * c)
-        B = 1.45 * self.R_epi * scale * (1 - 0.6 * radial * c)
+        A = RV_RADIAL_AXIS * self.R_epi * scale * (1 - radial * c)
+        B = RV_TANGENTIAL_AXIS * self.R_epi * scale * (1 - 0.6 * radial * c)
         dist = A - RV_SEPTAL_REACH * self.R_epi
         centre = dist * _unit(RV_ANGLE_DEG) + np.array([0, 0, z_tri - 0.3 * C])
         return centre, np.array([A, B, C]), z_tri
