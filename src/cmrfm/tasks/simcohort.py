@@ -90,9 +90,14 @@ class CohortSpec:
         )
 
     def key(self) -> str:
-        """Hash of every setting and of the simulator's source (cache folder name)."""
+        """Hash of every setting but the subject count, and of the simulator's source (cache folder).
+
+        Subject ``i`` depends only on the seed and the settings, so a smaller cohort reuses the
+        first subjects of a larger one and a larger one only simulates the missing ones.
+        """
+        settings = {k: v for k, v in asdict(self).items() if k != "subjects"}
         text = json.dumps(
-            {"version": COHORT_VERSION, "simulator": simulator_digest(), **asdict(self)}, sort_keys=True
+            {"version": COHORT_VERSION, "simulator": simulator_digest(), **settings}, sort_keys=True
         )
         return hashlib.sha1(text.encode()).hexdigest()[:10]
 
@@ -303,6 +308,9 @@ def load_cohort(spec: CohortSpec, use_cache: bool = True, progress: bool = True)
     if use_cache:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "spec.json").write_text(json.dumps(asdict(spec), indent=2))
+        missing = sum(not (folder / f"sim{i:04d}.npz").is_file() for i in range(spec.subjects))
+        if missing and progress:
+            print(f"simulating {missing} of {spec.subjects} subjects once (cached in {folder})")
     subjects = []
     for index in _indices(spec, progress):
         path = folder / f"sim{index:04d}.npz"
