@@ -25,7 +25,7 @@ from cmrfm import __version__
 from cmrfm.config import save_yaml, to_dict
 from cmrfm.engine.checkpoint import CheckpointManager, rng_state, set_rng_state
 from cmrfm.engine.optim import apply_schedules, build_adamw, clip_gradients, cosine_schedule, param_groups
-from cmrfm.errors import ConfigError
+from cmrfm.errors import CmrfmError, ConfigError
 from cmrfm.models.factory import architecture, build_backbone
 from cmrfm.models.vit import ViTConfig, vit_config
 from cmrfm.pretrain.config import PretrainConfig
@@ -253,11 +253,13 @@ class Trainer:
             raise ConfigError(f"{self.ckpt.last}: weights do not fit this objective ({err})") from None
         self.optimizer.load_state_dict(state["optimizer"])
         per_rank = state.get("per_rank")
-        mine_state = per_rank[self.ctx.rank] if per_rank else {"data": state["data"], "rng": state["rng"]}
-        if per_rank and len(per_rank) != self.ctx.world_size:
+        saved_world = len(per_rank) if per_rank else 1
+        if saved_world != self.ctx.world_size:
             raise ConfigError(
-                f"{self.ckpt.last}: saved with {len(per_rank)} processes, now {self.ctx.world_size}"
+                f"{self.ckpt.last}: saved by {saved_world} process(es), resumed with {self.ctx.world_size}; "
+                "resume with the same number of processes (data positions are per process)"
             )
+        mine_state = per_rank[self.ctx.rank] if per_rank else {"data": state["data"], "rng": state["rng"]}
         self.data.load_state_dict(mine_state["data"])
         set_rng_state(mine_state["rng"])
         self.probes = {int(k): v for k, v in state.get("probes", {}).items()}
@@ -283,7 +285,10 @@ class Trainer:
         self.objective.after_step(step)
         value = float(loss.detach())
         if not torch.isfinite(torch.tensor(value)):
-            raise FloatingPointError(f"loss is {value} at step {step}; lower optim.lr or check the data")
+            raise CmrfmError(
+                f"loss is {value} at step {step}; lower optim.lr, check the data, or resume from the last "
+                "checkpoint with precision=fp32"
+            )
         return value, grad_norm
 
     def count_flops(self, step: int) -> float:
