@@ -172,15 +172,18 @@ def study_paths(path: str | Path) -> list[Path]:
 def load_for_analysis(path: str | Path) -> Study:
     """Loads one study for analysis: images only (no labels, no clinical ground truth).
 
-    Labels beside the images (``*_gt``, ``_seg``, ``Info.cfg`` groups) are never read when the
-    adapter can skip them, and dropped otherwise, so an analysis sees exactly what a new patient's
-    study would give it.
+    A folder holding NIfTI images (plain, ACDC, M&Ms) is read image by image: label files
+    (``*_gt``, ``_seg``) and clinical files (``Info.cfg``, CSV) are never opened. Other sources
+    (DICOM) are read by their adapter without labels where it can skip them, labels dropped
+    otherwise; clinical ground truth is always dropped. An analysis sees exactly what a new
+    patient's study would give it.
     """
     path = Path(path)
     adapter, single = detect_adapter(path)
     if not single:
         raise InputError(path, f"holds several {adapter.name} studies; give one of them")
-    if adapter is ADAPTERS.get("nifti"):
+    if adapter is ADAPTERS.get("nifti") or (path.is_dir() and list_nifti_images(path)):
+        # NIfTI folders (ACDC, M&Ms, plain) are read image by image: no Info.cfg, CSV or _gt.
         study = _load_nifti_images_only(path)
     elif _accepts_with_labels(adapter):
         study = adapter.load_study(path, with_labels=False)
