@@ -314,3 +314,10 @@ def test_volumes_from_labels_units():
     vols = volumes_from_labels(labels, (2.0, 2.0, 5.0))
     assert vols["lv_ml"] == pytest.approx(20 * 20 * 1e-3)
     assert vols["lv_mass_g"] == pytest.approx(20 * 20 * 1e-3 * 1.05)
+
+
+def test_matrix_scale_varies_matrix_per_subject():
+    config = small("views=[2ch]", "sequences=[cine]", "imaging.matrix_scale=[0.5,1.5]")
+    shapes = {simulate_study(seed, config).series[0].shape[:2] for seed in range(4)}
+    assert len(shapes) > 1
+    assert all(s[0] == s[1] and s[0] % 2 == 0 for s in shapes)

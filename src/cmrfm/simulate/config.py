@@ -27,6 +27,8 @@ class ImagingConfig:
         field_strengths: Field strengths (T) to draw from per subject.
         matrix: In-plane matrix (X = readout, Y = phase encode) in pixels.
         fov_mm: Range of the field of view along X (mm); spacing = fov / matrix.
+        matrix_scale: Range of a per-subject factor on the matrix in :func:`simulate_study` (cohorts
+            with varying matrices); the 2D dataset always uses ``matrix``.
         supersample: Fine samples per pixel edge for partial-volume integration.
         depth_samples: Samples through the slice thickness (partial volume through-plane).
         snr: Range of myocardial SNR (mean myocardium signal / noise sigma) for cine/LGE.
@@ -38,6 +40,7 @@ class ImagingConfig:
     field_strengths: tuple[float, ...] = (1.5, 3.0)
     matrix: tuple[int, int] = (160, 160)
     fov_mm: tuple[float, float] = (300.0, 380.0)
+    matrix_scale: tuple[float, float] = (1.0, 1.0)
     supersample: int = 2
     depth_samples: int = 3
     snr: tuple[float, float] = (14.0, 40.0)
@@ -154,6 +157,7 @@ def validate_config(config: SimConfig) -> SimConfig:
     if min(im.matrix) < 16 or max(im.matrix) > 1024:
         raise ConfigError(f"imaging.matrix must be within 16..1024 pixels, got {im.matrix}")
     _check_range("imaging.fov_mm", im.fov_mm, 50.0)
+    _check_range("imaging.matrix_scale", im.matrix_scale, 0.25)
     _check_range("imaging.snr", im.snr, 0.0, strict=True)
     if im.supersample < 1 or im.depth_samples < 1:
         raise ConfigError("imaging.supersample and imaging.depth_samples must be >= 1")

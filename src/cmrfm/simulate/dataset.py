@@ -149,7 +149,7 @@ class SimulatedSliceDataset(torch.utils.data.IterableDataset):
         config = self.config
         params = subject_params(subject_seed, config)
         phantom = Phantom(params, config.es_fraction)
-        setup = _setup(config, params, _rng(subject_seed, STREAM_IMAGING))
+        setup = _setup(config, params, _rng(subject_seed, STREAM_IMAGING), vary_matrix=False)
         im = config.imaging
         es = es_frame(config.n_frames, config.es_fraction)
         truth = {

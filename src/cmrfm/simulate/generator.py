@@ -36,6 +36,8 @@ from cmrfm.simulate.tissue import label_lookup
 
 #: Cycle fraction (mid-diastole) at which LGE and mapping images are acquired.
 DIASTOLE_T = 0.7
+#: Smallest matrix a per-subject matrix scale may produce.
+MIN_MATRIX = 16
 #: Random-stream ids (second element of each numpy seed sequence).
 STREAM_PARAMS, STREAM_IMAGING, STREAM_SERIES = 0, 1, 2
 
@@ -45,6 +47,7 @@ class SubjectSetup:
     """Imaging choices fixed per subject (same scanner session)."""
 
     field_strength: float
+    matrix: tuple[int, int]
     spacing: float
     sax_thickness: float
     sax_gap: float
@@ -57,12 +60,19 @@ def _rng(seed: int, *stream: int) -> np.random.Generator:
     return np.random.default_rng([int(seed), *stream])
 
 
-def _setup(config: SimConfig, params: SubjectParams, rng: np.random.Generator) -> SubjectSetup:
+def _setup(
+    config: SimConfig, params: SubjectParams, rng: np.random.Generator, vary_matrix: bool = True
+) -> SubjectSetup:
     im = config.imaging
     fov = float(rng.uniform(*im.fov_mm))
+    scale = float(rng.uniform(*im.matrix_scale)) if vary_matrix else 1.0
+    matrix = (
+        im.matrix if scale == 1.0 else tuple(max(MIN_MATRIX, 2 * round(m * scale / 2)) for m in im.matrix)
+    )
     return SubjectSetup(
         field_strength=float(im.field_strengths[int(rng.integers(len(im.field_strengths)))]),
-        spacing=fov / im.matrix[0],
+        matrix=(int(matrix[0]), int(matrix[1])),
+        spacing=fov / matrix[0],
         sax_thickness=float(rng.uniform(*config.sax.slice_thickness_mm)),
         sax_gap=float(rng.uniform(*config.sax.slice_gap_mm)),
         base_margin=float(rng.uniform(*config.sax.base_margin_mm)),
@@ -175,7 +185,13 @@ def simulate_study(
         t_fracs = cine_t if sequence == Sequence.CINE else np.array([DIASTOLE_T])
         if view == View.SAX:
             planes = sax_stack(
-                phantom, im.matrix, setup.spacing, setup.sax_thickness, setup.sax_gap, setup.base_margin, rng
+                phantom,
+                setup.matrix,
+                setup.spacing,
+                setup.sax_thickness,
+                setup.sax_gap,
+                setup.base_margin,
+                rng,
             )
             shifts = _breath_hold_offsets(len(planes), config.artefact.misalignment_mm, rng)
         else:
@@ -183,7 +199,7 @@ def simulate_study(
                 lax_plane(
                     phantom,
                     view,
-                    im.matrix,
+                    setup.matrix,
                     setup.spacing,
                     setup.lax_thickness,
                     config.lax.angle_jitter_deg,
