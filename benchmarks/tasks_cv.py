@@ -1,0 +1,145 @@
+"""K-fold cross-validation of one task with the shared fine-tuning engine; a RESULTS.md section.
+
+Each fold fine-tunes on the other folds' subjects (patient-level, stratified, seed recorded) and is
+evaluated on its own; per-subject rows of all folds are pooled and summarised with bootstrap 95 %
+intervals. Fold weights go to ``--out`` (never committed); the budget and wall time of every fold
+are recorded beside the numbers.
+
+    python benchmarks/tasks_cv.py --task sax-seg --init weights/cmrfm_vit_tiny_mae.safetensors \
+        --steps 1500 --batch-size 16 [--model baseline] [key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import os
+import platform
+import re
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+from cmrfm import metrics
+from cmrfm.config import build_config
+from cmrfm.engine.finetune import FinetuneConfig, finetune, write_csv
+from cmrfm.tasks import TASKS
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+
+
+def update_section(title: str, body: str, path: Path = RESULTS) -> None:
+    """Replaces the ``## title`` section of RESULTS.md (or appends it)."""
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    block = f"## {title}\n\n{body.rstrip()}\n"
+    pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
+    text = pattern.sub(block + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + block
+    path.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--task", required=True)
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--only-folds", default="", help="comma-separated subset of folds to run")
+    parser.add_argument("--init", default=None)
+    parser.add_argument("--model", default="vit", choices=["vit", "baseline"])
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="")
+    parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("overrides", nargs="*", help="FinetuneConfig key=value overrides")
+    args = parser.parse_args()
+
+    label = "pretrained" if args.init else ("baseline" if args.model == "baseline" else "scratch")
+    out = Path(args.out or f"runs/cv/{args.task}/{label}")
+    base = build_config(FinetuneConfig, [], args.overrides)
+    base = dataclasses.replace(
+        base,
+        task=args.task,
+        init=args.init,
+        model=args.model,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        folds=args.folds,
+        seed=args.seed,
+        resume=True,
+    )
+    folds = [int(f) for f in args.only_folds.split(",") if f] or list(range(args.folds))
+    rows, timings = [], []
+    for fold in folds:
+        run = dataclasses.replace(base, fold=fold, out=str(out / f"fold{fold}"))
+        started = time.perf_counter()
+        if not (Path(run.out) / "metrics.json").is_file():
+            finetune(run)
+        timings.append(time.perf_counter() - started)
+        per_subject = Path(run.out) / "per_subject.csv"
+        with per_subject.open() as handle:
+            for row in csv.DictReader(handle):
+                rows.append({"fold": fold, **row})
+    write_csv(out / "per_subject_all_folds.csv", rows)
+    primary = TASKS.get(args.task).info.metric
+    numeric = [k for k in rows[0] if k not in ("subject", "volume", "fold") and _is_number(rows[0][k])]
+    summary = {}
+    for key in numeric:
+        values = np.array([float(r[key]) for r in rows], float)
+        est, low, high = metrics.mean_ci(values)
+        summary[key] = (est, low, high)
+    if TASKS.get(args.task).info.kind == "classification":
+        summary.update(_classification_summary(rows, len(TASKS.get(args.task).info.classes)))
+    (out / "cv_summary.json").write_text(json.dumps(summary, indent=2))
+    cores = len(os.sched_getaffinity(0))
+    init_arg = f" --init {Path(args.init).name}" if args.init else ""
+    model_arg = " --model baseline" if args.model == "baseline" else ""
+    command = (
+        f"python benchmarks/tasks_cv.py --task {args.task} --steps {args.steps} "
+        f"--batch-size {args.batch_size}{init_arg}{model_arg}"
+    )
+    lines = [
+        f"Machine: {platform.processor() or platform.machine()}, {cores} cores; "
+        f"date {datetime.now(UTC):%Y-%m-%d}; command `{command}`.",
+        f"Budget per fold: {args.steps} steps × {args.batch_size} items; wall time per fold "
+        f"{np.mean(timings) / 60:.1f} min (folds {folds}).",
+        "",
+        "| metric | mean | 95 % CI |",
+        "|---|---|---|",
+    ]
+    for key, (est, low, high) in summary.items():
+        lines.append(
+            f"| {key}{' (primary)' if key == primary else ''} | {est:.4f} | [{low:.4f}, {high:.4f}] |"
+        )
+    body = "\n".join(lines)
+    print(body)
+    if not args.no_write:
+        update_section(f"Task CV: {args.task} ({label})", body)
+
+
+def _is_number(value: str) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _classification_summary(rows: list[dict], num_classes: int) -> dict[str, tuple[float, float, float]]:
+    y = np.array([int(r["label"]) for r in rows])
+    pred = np.array([int(r["pred"]) for r in rows])
+    out = {}
+    for name, fn in (
+        ("accuracy", lambda idx: metrics.accuracy(y[idx], pred[idx])),
+        ("balanced_accuracy", lambda idx: metrics.balanced_accuracy(y[idx], pred[idx], num_classes)),
+    ):
+        out[name] = metrics.bootstrap_ci(fn, len(y))
+    return out
+
+
+if __name__ == "__main__":
+    main()
