@@ -321,3 +321,27 @@ def test_matrix_scale_varies_matrix_per_subject():
     shapes = {simulate_study(seed, config).series[0].shape[:2] for seed in range(4)}
     assert len(shapes) > 1
     assert all(s[0] == s[1] and s[0] % 2 == 0 for s in shapes)
+
+
+def test_mvo_core_is_labelled_and_dark_on_lge():
+    import dataclasses
+
+    config = small("imaging.matrix=[96,96]", "imaging.fov_mm=[220,220]", "views=[sax]", "sequences=[lge]")
+    params = dataclasses.replace(
+        subject_params(3, config, group="MINF"), transmurality=1.0, mvo=True, infarct_width_deg=110.0
+    )
+    lge = simulate_study(params, config, seed=3).series[0]
+    image, labels = lge.image[..., 0], lge.labels[0]
+    assert np.count_nonzero(labels == Label.MVO) > 3
+    assert image[labels == Label.MVO].mean() < image[labels == Label.INFARCT].mean()
+
+
+def test_breath_hold_misalignment_moves_anatomy_between_slices():
+    base = ["views=[sax]", "sequences=[cine]"]
+    still = simulate_study(6, small(*base, "artefact.misalignment_mm=0")).series[0]
+    moved = simulate_study(6, small(*base, "artefact.misalignment_mm=6")).series[0]
+    offsets = np.asarray(moved.metadata["breath_hold_offsets_mm"])
+    assert offsets.shape == (moved.num_slices, 3) and np.abs(offsets).max() > 1.0
+    assert np.allclose(still.metadata["breath_hold_offsets_mm"], 0.0)
+    assert not np.array_equal(still.labels[0], moved.labels[0])
+    assert np.array_equal(still.affine, moved.affine)  # geometry is nominal; the anatomy moved
