@@ -103,6 +103,10 @@ def test_save_load_roundtrip_and_wrong_architecture(tmp_path):
     assert card2["steps"] == 3
     with pytest.raises(InputError, match="another architecture"):
         load_backbone(path, expected=tiny(embed_dim=96))
+    resized, _ = load_backbone(path, img_size=48)  # position embeddings resized to a 6×6 grid
+    assert resized.pos_embed.shape == (1, 37, 48) and resized.cfg.img_size == 48
+    x = torch.randn(1, 1, 48, 48)
+    torch.testing.assert_close(resized(x), loaded(x), atol=1e-5, rtol=1e-4)  # same as on-the-fly resizing
     half = save_backbone(model, tmp_path / "h.safetensors", fp16=True)
     assert half.stat().st_size < path.stat().st_size
     with pytest.raises(InputError, match="not found"):

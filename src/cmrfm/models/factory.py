@@ -11,11 +11,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from cmrfm import __version__
 from cmrfm.errors import ConfigError, InputError
-from cmrfm.models.vit import PRESETS, VisionTransformer, ViTConfig, vit_config
+from cmrfm.models.vit import PRESETS, VisionTransformer, ViTConfig, resize_pos_embed, vit_config
 from cmrfm.registry import Registry
 
 #: Backbone family name -> constructor taking a config dataclass.
@@ -92,7 +93,7 @@ def check_architecture(card: Mapping[str, Any], expected: ViTConfig | None, sour
 
 def _shape_keys(cfg: ViTConfig) -> dict[str, Any]:
     """The config entries that decide parameter shapes."""
-    keys = ("patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias", "img_size")
+    keys = ("patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_ratio", "qkv_bias")
     out = {k: getattr(cfg, k) for k in keys}
     out["layer_scale"] = cfg.layer_scale_init is not None
     return out
@@ -107,7 +108,9 @@ def load_backbone(
         path: The ``.safetensors`` file (its card is the ``.json`` beside it, else embedded metadata).
         expected: If given, the architecture the caller needs; other weights raise a clear error.
         **overrides: Non-shape config changes for the rebuilt model (e.g. ``drop_path_rate=0.1``,
-            ``grad_checkpointing=True``, ``attention="sdpa"``).
+            ``grad_checkpointing=True``, ``attention="sdpa"``). ``img_size`` may change too: the
+            learned position embeddings are resized bicubically to the new grid. (Without it, the
+            model still runs at any size divisible by the patch size, resizing on the fly.)
 
     Returns:
         The model (float32, eval mode) and the card.
@@ -120,6 +123,11 @@ def load_backbone(
         cfg = ViTConfig.from_dict({**cfg.to_dict(), **overrides})
     model = build_backbone(cfg)
     state = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
+    src_grid = (int(card["architecture"]["config"]["img_size"]) // cfg.patch_size,) * 2
+    if "pos_embed" in state and src_grid != model.grid:
+        pos = state["pos_embed"]  # (1, 1 + h·w, D)
+        patches = resize_pos_embed(pos[:, 1:], src_grid, model.grid)  # (1, h'·w', D)
+        state["pos_embed"] = torch.cat([pos[:, :1], patches], dim=1)
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise InputError(
