@@ -27,6 +27,14 @@ from cmrfm.models.vit import VisionTransformer, vit_config
 from cmrfm.pretrain.loop import _flop_formulas
 
 IMG = 128
+#: Which activation-memory measurement belongs to which candidate.
+MEM_KEY = {
+    "cmrfm-matmul": "ours",
+    "cmrfm-sdpa": "ours",
+    "monai-ViT": "monai",
+    "cmrfm-MAE": "ours-mae",
+    "monai-MAE": "monai-mae",
+}
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 6) -> float:
@@ -67,6 +75,54 @@ class MonaiWrap(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out, _ = self.net(x)
         return out
+
+
+class MonaiMAE(nn.Module):
+    """MONAI MaskedAutoEncoderViT with a decoder sized like cmrfm's MAE; returns the prediction."""
+
+    def __init__(
+        self, depth: int, dim: int, heads: int, dec_dim: int, dec_depth: int, dec_heads: int
+    ) -> None:
+        super().__init__()
+        from monai.networks.nets import MaskedAutoEncoderViT
+
+        self.net = MaskedAutoEncoderViT(
+            in_channels=1,
+            img_size=(IMG, IMG),
+            patch_size=(8, 8),
+            hidden_size=dim,
+            mlp_dim=4 * dim,
+            num_layers=depth,
+            num_heads=heads,
+            masking_ratio=0.75,
+            decoder_hidden_size=dec_dim,
+            decoder_mlp_dim=4 * dec_dim,
+            decoder_num_layers=dec_depth,
+            decoder_num_heads=dec_heads,
+            spatial_dims=2,
+            qkv_bias=True,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pred, mask = self.net(x)
+        return pred * mask.unsqueeze(-1)
+
+
+class OursMAE(nn.Module):
+    """cmrfm's MAE objective (token-dropping encoder, light decoder, normalised-pixel loss)."""
+
+    def __init__(self, cfg, mae_cfg) -> None:
+        super().__init__()
+        from cmrfm.pretrain.mae import MAE
+
+        self.mae = MAE(VisionTransformer(cfg), mae_cfg)
+        self.gen = torch.Generator().manual_seed(0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        noise = torch.rand(x.shape[0], self.mae.num_patches, generator=self.gen)
+        order = noise.argsort(dim=1)
+        loss, _ = self.mae({"image": x, "order": order, "restore": order.argsort(dim=1)}, 0)
+        return loss
 
 
 class OursWrap(nn.Module):
@@ -142,6 +198,9 @@ class Candidate:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="fewer rounds")
+    parser.add_argument(
+        "--mae", action="store_true", help="also compare MAE with MONAI's MaskedAutoEncoderViT"
+    )
     parser.add_argument("--presets", nargs="+", default=["tiny"], help="presets to measure (tiny, small)")
     parser.add_argument("--rounds", type=int, default=0, help="timing rounds (0 = 4, quick 3)")
     parser.add_argument("--out", default=None, help="write results as JSON here")
@@ -166,6 +225,20 @@ def main() -> None:
             cands.append((prec, Candidate("monai-ViT", monai, batch, dtype)))
             mem[(prec, "ours")] = activation_bytes(OursWrap(base), torch.randn(4, 1, IMG, IMG), dtype) / 4
             mem[(prec, "monai")] = activation_bytes(monai, torch.randn(4, 1, IMG, IMG), dtype) / 4
+            if args.mae:
+                from cmrfm.pretrain.mae import MAEConfig
+
+                mae_cfg = MAEConfig()
+                torch.manual_seed(0)
+                ours_mae = OursMAE(base, mae_cfg)
+                cands.append((prec, Candidate("cmrfm-MAE", ours_mae, batch, dtype)))
+                torch.manual_seed(0)
+                dims = (mae_cfg.decoder_dim, mae_cfg.decoder_depth, mae_cfg.decoder_heads)
+                monai_mae = MonaiMAE(base.depth, base.embed_dim, base.num_heads, *dims)
+                cands.append((prec, Candidate("monai-MAE", monai_mae, batch, dtype)))
+                x4 = torch.randn(4, 1, IMG, IMG)
+                mem[(prec, "ours-mae")] = activation_bytes(ours_mae, x4, dtype) / 4
+                mem[(prec, "monai-mae")] = activation_bytes(monai_mae, x4, dtype) / 4
         # Interleave: every round times each candidate once and re-measures the peaks, so slow
         # phases of a shared machine hit all candidates alike; the best of the rounds is kept.
         for _ in range(rounds):
@@ -182,11 +255,9 @@ def main() -> None:
                     precision=prec,
                     model=name,
                     batch=batch,
-                    activation_mb_per_image=mem[(prec, "monai" if name == "monai-ViT" else "ours")] / 2**20,
+                    activation_mb_per_image=mem[(prec, MEM_KEY[name])] / 2**20,
                 )
                 results.append(r)
-            ours_best = max(rows["cmrfm-matmul"]["images_per_s"], rows["cmrfm-sdpa"]["images_per_s"])
-            rows["ratio"] = ours_best / rows["monai-ViT"]["images_per_s"]
         for r in results:
             if r["preset"] == preset:
                 r["peak_fraction"] = r["gflops_per_s"] / peaks[r["precision"]]
@@ -199,7 +270,10 @@ def main() -> None:
         for prec in ("fp32", "bf16"):
             rs = {r["model"]: r for r in results if r["preset"] == preset and r["precision"] == prec}
             ours = max(rs["cmrfm-matmul"]["images_per_s"], rs["cmrfm-sdpa"]["images_per_s"])
-            print(f"{preset:5s} {prec} cmrfm/MONAI speed: {ours / rs['monai-ViT']['images_per_s']:.2f}x")
+            print(f"{preset:5s} {prec} cmrfm/MONAI ViT speed: {ours / rs['monai-ViT']['images_per_s']:.2f}x")
+            if "cmrfm-MAE" in rs:
+                ratio = rs["cmrfm-MAE"]["images_per_s"] / rs["monai-MAE"]["images_per_s"]
+                print(f"{preset:5s} {prec} cmrfm/MONAI MAE speed: {ratio:.2f}x")
     record = {
         "date": datetime.now(UTC).isoformat(timespec="minutes"),
         "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
