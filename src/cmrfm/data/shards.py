@@ -367,10 +367,15 @@ class ShardReport:
 
 
 def _square_resize(image: np.ndarray, side_px: float | None, size: int) -> np.ndarray:
-    """Centre-crops a square of ``side_px`` pixels (whole short side when None) and resizes to ``size``."""
+    """Centre-crops a square of ``side_px`` pixels (whole short side when None) and resizes to ``size``.
+
+    With ``size <= 0`` the crop keeps its own size, and without ``side_px`` the image is kept whole.
+    """
     from scipy.ndimage import zoom
 
     h, w = image.shape
+    if size <= 0 and side_px is None:
+        return image.astype(np.float32)  # keep the image as it is
     side = min(h, w) if side_px is None else max(1, min(h, w, round(side_px)))
     top, left = (h - side) // 2, (w - side) // 2
     crop = image[top : top + side, left : left + side].astype(np.float32)
