@@ -28,9 +28,10 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from results import replace_section
+
 from cmrfm.engine.finetune import FinetuneConfig, finetune
 
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 HEADING = "## LesionMix ablation on EMIDEC (benchmarks/ablation_lesionmix.py)"
 METRICS = ("dice_infarct", "dice_MVO", "dice_mean")
 
@@ -119,18 +120,6 @@ def table(args: argparse.Namespace, folds: list[int], base: list[dict], mixed: l
     return "\n".join(lines) + "\n"
 
 
-def write_section(section: str) -> None:
-    """Replaces this script's section of RESULTS.md (or appends it)."""
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    start = text.find(HEADING)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(HEADING))
-        text = text[:start] + section + ("" if end < 0 else text[end:])
-    RESULTS.write_text(text.rstrip("\n") + "\n")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=1500)
@@ -163,7 +152,7 @@ def main() -> None:
     section = table(args, folds, base, mixed)
     print(section)
     if not args.no_write:
-        write_section(section)
+        replace_section(HEADING, section)
 
 
 if __name__ == "__main__":

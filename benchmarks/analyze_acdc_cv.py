@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from results import replace_section
 
 from cmrfm.clinical.analyze import AnalyzeOptions, analyze_path
 from cmrfm.clinical.bundle import ModelBundle
@@ -263,14 +264,7 @@ def _write_section(section: str, plot: Path) -> None:
     images = RESULTS.parent / "images"
     images.mkdir(exist_ok=True)
     shutil.copy(plot, images / "acdc_cv_bland_altman.png")
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    start = text.find(HEADING)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(HEADING))
-        text = text[:start] + section + ("" if end < 0 else text[end:])
-    RESULTS.write_text(text.rstrip("\n") + "\n")
+    replace_section(HEADING, section)
 
 
 def main(argv: list[str] | None = None) -> dict[str, float] | None:

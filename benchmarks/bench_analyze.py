@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from results import replace_section
 
 from cmrfm.clinical.analyze import AnalyzeOptions, analyze_path
 from cmrfm.clinical.bundle import ModelBundle, write_random_weights
@@ -31,7 +32,6 @@ from cmrfm.io.writers import save_series
 from cmrfm.simulate import SimConfig, simulate_study
 from cmrfm.simulate.config import ImagingConfig
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
 HEADING = "## Study analysis speed (benchmarks/bench_analyze.py)"
 #: Tasks a cine SAX study runs.
 TASKS = ("sequence-cls", "view-cls", "quality-cls", "sax-seg", "landmarks", "disease-cls")
@@ -122,7 +122,7 @@ def run(repeats: int, threads: int, write: bool, tta: bool) -> str:
     section = "\n".join(lines)
     print(section)
     if write:
-        _write_section(section)
+        replace_section(HEADING, section)
     return section
 
 
@@ -130,18 +130,6 @@ def _cpu_count() -> int:
     import os
 
     return os.cpu_count() or 0
-
-
-def _write_section(section: str) -> None:
-    """Replaces this script's section of RESULTS.md (or appends it)."""
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    start = text.find(HEADING)
-    if start < 0:
-        text = text.rstrip("\n") + "\n\n" + section
-    else:
-        end = text.find("\n## ", start + len(HEADING))
-        text = text[:start] + section + ("" if end < 0 else text[end:])
-    RESULTS.write_text(text.rstrip("\n") + "\n")
 
 
 def main() -> None:

@@ -16,12 +16,12 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import platform  # noqa: E402
-import re  # noqa: E402
 import time  # noqa: E402
 from datetime import UTC, datetime  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
+from results import update_section  # noqa: E402
 
 from cmrfm.constants import Group, Sequence  # noqa: E402
 from cmrfm.simulate.anatomy import Phantom  # noqa: E402
@@ -34,18 +34,6 @@ from cmrfm.simulate.tissue import label_lookup  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 GOAL_FRAMES_PER_S = 50.0
-
-
-def update_section(title: str, body: str, path: Path = RESULTS) -> None:
-    """Replaces the ``## title`` section of RESULTS.md (or appends it)."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    block = f"## {title}\n\n{body.strip()}\n"
-    pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(block + "\n", text).rstrip() + "\n"
-    else:
-        text = text.rstrip() + "\n\n" + block
-    path.write_text(text)
 
 
 def machine() -> str:

@@ -17,12 +17,12 @@ import dataclasses
 import json
 import os
 import platform
-import re
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+from results import update_section
 
 from cmrfm import metrics
 from cmrfm.config import build_config
@@ -30,15 +30,6 @@ from cmrfm.engine.finetune import FinetuneConfig, finetune, write_csv
 from cmrfm.tasks import TASKS
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-
-
-def update_section(title: str, body: str, path: Path = RESULTS) -> None:
-    """Replaces the ``## title`` section of RESULTS.md (or appends it)."""
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    block = f"## {title}\n\n{body.rstrip()}\n"
-    pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
-    text = pattern.sub(block + "\n", text) if pattern.search(text) else text.rstrip() + "\n\n" + block
-    path.write_text(text)
 
 
 def main() -> None:

@@ -1,0 +1,35 @@
+"""Shared by the benchmark scripts: rewrite one ``## section`` of benchmarks/RESULTS.md in place.
+
+Scripts run as ``python benchmarks/<script>.py``, so this folder is on ``sys.path`` and they import
+it as ``from results import update_section``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+
+
+def replace_section(heading: str, section: str, path: Path = RESULTS) -> None:
+    """Replaces the section that starts with the line ``heading`` by ``section`` (or appends it).
+
+    Args:
+        heading: The section's heading line, e.g. ``"## Simulator speed (benchmarks/bench_simulator.py)"``.
+        section: The whole new section, heading included.
+        path: The results file.
+    """
+    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    start = text.find(heading)
+    if start < 0:
+        text = text.rstrip("\n") + "\n\n" + section
+    else:
+        end = text.find("\n## ", start + len(heading))
+        text = text[:start] + section.rstrip("\n") + "\n" + ("" if end < 0 else text[end:])
+    path.write_text(text.rstrip("\n") + "\n")
+
+
+def update_section(title: str, body: str, path: Path = RESULTS) -> None:
+    """Replaces the ``## title`` section by ``body`` under that heading (or appends it)."""
+    heading = f"## {title}"
+    replace_section(heading, f"{heading}\n\n{body.strip()}\n", path)
