@@ -6,6 +6,7 @@ import csv
 import importlib.util
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,9 @@ TINY = {"embed_dim": 32, "depth": 2, "num_heads": 2}
 
 
 def _script():
+    # Run as `python benchmarks/analyze_acdc_cv.py`, the script sees its folder on sys.path (results.py).
+    if str(SCRIPT.parent) not in sys.path:
+        sys.path.insert(0, str(SCRIPT.parent))
     spec = importlib.util.spec_from_file_location("analyze_acdc_cv", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
