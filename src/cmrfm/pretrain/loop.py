@@ -531,6 +531,8 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> RunResult:
         if resume and trainer.ckpt.exists():
             trainer.resume()
             trainer._report(f"resumed from step {trainer.start_step}")
-        return trainer.run()
+        result = trainer.run()
+        barrier()  # every rank done with collectives before the group is torn down
+        return result
     finally:
         cleanup()
