@@ -40,7 +40,7 @@ class ImagingConfig:
     field_strengths: tuple[float, ...] = (1.5, 3.0)
     matrix: tuple[int, int] = (160, 160)
     fov_mm: tuple[float, float] = (300.0, 380.0)
-    matrix_scale: tuple[float, float] = (1.0, 1.0)
+    matrix_scale: tuple[float, float] = (0.8, 1.25)
     supersample: int = 2
     depth_samples: int = 3
     snr: tuple[float, float] = (14.0, 40.0)
