@@ -41,3 +41,9 @@ def test_finetune_bad_override_is_one_line(capsys):
     assert main(["finetune", "--task", "sax-seg", "stepz=3"]) == 2
     err = capsys.readouterr().err
     assert "unknown config key 'stepz'" in err and "Traceback" not in err
+
+
+def test_usage_errors_print_usage_not_traceback(capsys):
+    assert main(["data", "inspect"]) == 2
+    err = capsys.readouterr().err
+    assert "Missing argument" in err and "Traceback" not in err
