@@ -93,3 +93,16 @@ DEFAULT_IMAGE_SIZE = 128
 
 #: 1 mm³ = 1e-3 mL.
 ML_PER_MM3 = 1e-3
+
+#: Ventricular function keys of measurements.json (null when unknown), in report order.
+FUNCTION_KEYS: tuple[str, ...] = (
+    "lv_edv_ml",
+    "lv_esv_ml",
+    "lv_sv_ml",
+    "lv_ef_pct",
+    "lv_mass_g",
+    "rv_edv_ml",
+    "rv_esv_ml",
+    "rv_sv_ml",
+    "rv_ef_pct",
+)

@@ -16,21 +16,10 @@ from typing import Any
 
 import typer
 
+from cmrfm.constants import FUNCTION_KEYS
+
 #: Scalar measurement columns of measurements.csv, in order (others follow alphabetically).
-CSV_FIRST = (
-    "study",
-    "lv_edv_ml",
-    "lv_esv_ml",
-    "lv_sv_ml",
-    "lv_ef_pct",
-    "lv_mass_g",
-    "rv_edv_ml",
-    "rv_esv_ml",
-    "rv_sv_ml",
-    "rv_ef_pct",
-    "ed_frame",
-    "es_frame",
-)
+CSV_FIRST = ("study", *FUNCTION_KEYS, "ed_frame", "es_frame")
 #: Simulator subject of the --example study (an infarct case, so LGE shows scar).
 EXAMPLE_SEED = 3
 EXAMPLE_GROUP = "MINF"

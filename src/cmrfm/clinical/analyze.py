@@ -57,7 +57,7 @@ from cmrfm.clinical.geometry import rv_insertion_points, septal_direction
 from cmrfm.clinical.normal_ranges import flag_measurements, load_ranges
 from cmrfm.clinical.postprocess import clean_stack
 from cmrfm.clinical.report import write_report
-from cmrfm.constants import LABEL_NAMES, ML_PER_MM3, Label, Sequence, View
+from cmrfm.constants import FUNCTION_KEYS, LABEL_NAMES, ML_PER_MM3, Label, Sequence, View
 from cmrfm.data.adapters import ADAPTERS
 from cmrfm.data.preprocess import PreparedSeries, PreprocessConfig, invert_mask, preprocess_series
 from cmrfm.data.study import ClinicalInfo, Series, Study
@@ -98,18 +98,6 @@ SEG_TASKS: dict[tuple[Sequence, str], str] = {
     (Sequence.T2_MAP, "sax"): "mapping-seg",
 }
 LAX_VIEWS = (View.TWO_CH, View.THREE_CH, View.FOUR_CH)
-#: Measurement keys of the cine SAX analysis (always present in measurements.json, null when unknown).
-FUNCTION_KEYS = (
-    "lv_edv_ml",
-    "lv_esv_ml",
-    "lv_sv_ml",
-    "lv_ef_pct",
-    "lv_mass_g",
-    "rv_edv_ml",
-    "rv_esv_ml",
-    "rv_sv_ml",
-    "rv_ef_pct",
-)
 
 
 @dataclass
