@@ -16,9 +16,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The demo owns $(DEMO_OUT) and starts it afresh; `cmrfm analyze` itself never overwrites outputs.
 demo: $(STAMP)
-	$(BIN)/cmrfm simulate --subjects 1 --seed 0 --out $(DEMO_OUT)/cohort --overwrite
+	rm -rf $(DEMO_OUT)
+	$(BIN)/cmrfm simulate --subjects 1 --seed 0 --out $(DEMO_OUT)/cohort
 	$(BIN)/cmrfm data inspect $(DEMO_OUT)/cohort/sim0000
+	$(BIN)/cmrfm analyze --example --out $(DEMO_OUT)/analysis
+	@echo "report: $(DEMO_OUT)/analysis/example/report.html"
 
 test: $(STAMP)
 	$(BIN)/ruff check .
