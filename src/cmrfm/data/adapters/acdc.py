@@ -21,49 +21,20 @@ from pathlib import Path
 
 import numpy as np
 
-from cmrfm.constants import GROUP_ALIASES, Label, Sequence, View
+from cmrfm.constants import GROUP_ALIASES, Sequence, View
 from cmrfm.data.adapters._nifti import read_volume
 from cmrfm.data.adapters.base import Adapter, register_adapter
 from cmrfm.data.study import ClinicalInfo, Series, Study
 from cmrfm.errors import InputError
+from cmrfm.io.nifti import LABEL_CONVENTIONS, map_label_ids
 
 #: ACDC label id -> internal :class:`Label` id.
-ACDC_TO_INTERNAL: dict[int, int] = {
-    0: Label.BACKGROUND,
-    1: Label.RV,
-    2: Label.MYO,
-    3: Label.LV,
-}
+ACDC_TO_INTERNAL: dict[int, int] = LABEL_CONVENTIONS["acdc"]
 
 INFO_FILE = "Info.cfg"
 _FRAME_RE = re.compile(r"^(?P<patient>.+)_frame(?P<frame>\d+)\.nii(\.gz)?$")
 #: Affines of an image and its label may differ by float noise only (mm).
 _AFFINE_ATOL = 1e-3
-
-
-def map_labels(mask: np.ndarray, table: dict[int, int], path: Path) -> np.ndarray:
-    """Maps source label ids to internal ids with an explicit lookup table.
-
-    Args:
-        mask: Integer mask in the source convention.
-        table: Source id -> internal id; every id present in ``mask`` must be a key.
-        path: File the mask came from (for the error message).
-
-    Raises:
-        InputError: When the mask holds an id the table does not know.
-    """
-    mask = np.asarray(mask)
-    if mask.dtype.kind == "f":
-        if not np.all(np.isfinite(mask)) or not np.all(mask == np.round(mask)):
-            raise InputError(path, "label volume holds non-integer values")
-    values = np.unique(mask).astype(np.int64)
-    unknown = [int(v) for v in values if int(v) not in table]
-    if unknown:
-        raise InputError(path, f"unexpected label values {unknown}; expected {sorted(table)}")
-    lut = np.zeros(max(table) + 1, dtype=np.uint8)
-    for source, internal in table.items():
-        lut[source] = int(internal)
-    return lut[mask.astype(np.int64)]
 
 
 def read_info(path: Path) -> dict[str, str]:
@@ -122,7 +93,7 @@ def _read_label(image_path: Path, shape: tuple[int, ...], affine: np.ndarray) ->
         raise InputError(path, f"label shape {mask.shape} differs from the image's {shape}")
     if not np.allclose(mask_affine, affine, atol=_AFFINE_ATOL):
         raise InputError(path, "label affine differs from the image's affine")
-    return map_labels(mask, ACDC_TO_INTERNAL, path)
+    return map_label_ids(mask, ACDC_TO_INTERNAL, path)
 
 
 @register_adapter("acdc", priority=50)

@@ -26,20 +26,14 @@ from pathlib import Path
 
 import numpy as np
 
-from cmrfm.constants import Label, Sequence, View
-from cmrfm.data.adapters.acdc import map_labels
+from cmrfm.constants import Sequence, View
 from cmrfm.data.adapters.base import Adapter, register_adapter
 from cmrfm.data.study import ClinicalInfo, Series, Study
 from cmrfm.errors import InputError
+from cmrfm.io.nifti import LABEL_CONVENTIONS, map_label_ids
 
 #: EMIDEC mask value -> internal :class:`Label` id.
-EMIDEC_TO_INTERNAL: dict[int, int] = {
-    0: Label.BACKGROUND,
-    1: Label.LV,
-    2: Label.MYO,
-    3: Label.INFARCT,
-    4: Label.MVO,
-}
+EMIDEC_TO_INTERNAL: dict[int, int] = LABEL_CONVENTIONS["emidec"]
 
 #: Suffix of the mask folder beside an image folder (``train`` -> ``trainannot``).
 ANNOT_SUFFIX = "annot"
@@ -147,7 +141,7 @@ class EmidecAdapter(Adapter):
             mask = _stack(mask_paths)
             if mask.shape != image.shape[:3]:
                 raise InputError(annot, f"mask stack {mask.shape} differs from the image {image.shape[:3]}")
-            labels[0] = map_labels(mask, EMIDEC_TO_INTERNAL, annot / f"{case}_slice*.png")
+            labels[0] = map_label_ids(mask, EMIDEC_TO_INTERNAL, annot / f"{case}_slice*.png")
             sources += [str(p) for p in mask_paths]
         series = Series(
             name="sax_lge",

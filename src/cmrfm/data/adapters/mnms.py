@@ -28,18 +28,13 @@ import numpy as np
 
 from cmrfm.constants import GROUP_ALIASES, Label, Sequence, View
 from cmrfm.data.adapters._nifti import read_volume
-from cmrfm.data.adapters.acdc import map_labels
 from cmrfm.data.adapters.base import Adapter, register_adapter
 from cmrfm.data.study import ClinicalInfo, Series, Study
 from cmrfm.errors import InputError
+from cmrfm.io.nifti import LABEL_CONVENTIONS, map_label_ids
 
 #: M&Ms label id -> internal :class:`Label` id.
-MNMS_TO_INTERNAL: dict[int, int] = {
-    0: Label.BACKGROUND,
-    1: Label.LV,
-    2: Label.MYO,
-    3: Label.RV,
-}
+MNMS_TO_INTERNAL: dict[int, int] = LABEL_CONVENTIONS["mnms"]
 
 #: CSV columns (M&Ms first, M&Ms-2 second) for each field we read.
 CSV_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -235,7 +230,7 @@ class MnmsAdapter(Adapter):
                 raise InputError(gt_path, f"label shape {gt.shape} differs from the image's {image.shape}")
             if not np.allclose(gt_affine, affine, atol=_AFFINE_ATOL):
                 raise InputError(gt_path, "label affine differs from the image's affine")
-            gt = map_labels(gt, MNMS_TO_INTERNAL, gt_path)
+            gt = map_label_ids(gt, MNMS_TO_INTERNAL, gt_path)
         if gt is not None:
             if ed is None or es is None:
                 ed, es = _ed_es_from_labels(gt, gt_path)
@@ -269,6 +264,6 @@ class MnmsAdapter(Adapter):
                 gt, gt_affine = read_volume(gt_path, 3)
                 if gt.shape != frame.shape or not np.allclose(gt_affine, affine, atol=_AFFINE_ATOL):
                     raise InputError(gt_path, "label geometry differs from the cine's")
-                labels[found[phase]] = map_labels(gt, MNMS_TO_INTERNAL, gt_path)
+                labels[found[phase]] = map_label_ids(gt, MNMS_TO_INTERNAL, gt_path)
                 sources.append(str(gt_path))
         return image, affine, labels, found.get("ED"), found.get("ES"), sources
