@@ -206,3 +206,24 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
     else:
         raise InputError(path, f"no model card: neither {side.name} beside it nor embedded metadata")
     return tensors, card
+
+
+def load_float_state(
+    model: torch.nn.Module, state: Mapping[str, torch.Tensor], path: str | Path, what: str
+) -> None:
+    """Loads float32 copies of ``state`` into ``model``; any missing or extra key is an InputError.
+
+    Args:
+        model: The model to fill.
+        state: Tensors as read from a weights file (fp16 allowed).
+        path: The weights file, for the error message.
+        what: What the weights should be (e.g. ``"task 'sax-seg'"``), for the error message.
+    """
+    floats = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    result = model.load_state_dict(floats, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise InputError(
+            path,
+            f"weights do not match {what} "
+            f"(missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]})",
+        )

@@ -25,7 +25,13 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from cmrfm import __version__
 from cmrfm.config import merge_into, save_yaml, to_dict
 from cmrfm.data.splits import fewshot_subset, kfold_splits
-from cmrfm.engine.checkpoint import CheckpointManager, rng_state, save_weights, set_rng_state
+from cmrfm.engine.checkpoint import (
+    CheckpointManager,
+    load_float_state,
+    rng_state,
+    save_weights,
+    set_rng_state,
+)
 from cmrfm.engine.optim import (
     OptimConfig,
     apply_schedules,
@@ -361,14 +367,7 @@ def load_task_model(path: str | Path) -> tuple[TaskModel | BaselineModel, dict[s
         linear = card.get("mode") == "linear"
         head = task.build_head(vit_cfg.embed_dim, len(vit_cfg.levels()), vit_cfg.patch_size, linear=linear)
         model = TaskModel(task, backbone, head)
-    state = {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise InputError(
-            path,
-            f"weights do not match task {card['task']!r} (missing {result.missing_keys[:3]}, "
-            f"unexpected {result.unexpected_keys[:3]})",
-        )
+    load_float_state(model, tensors, path, f"task {card['task']!r}")
     model.eval()
     return model, card
 

@@ -115,7 +115,7 @@ def load_backbone(
     Returns:
         The model (float32, eval mode) and the card.
     """
-    from cmrfm.engine.checkpoint import load_weights
+    from cmrfm.engine.checkpoint import load_float_state, load_weights
 
     tensors, card = load_weights(path)
     cfg = check_architecture(card, expected, path)
@@ -128,13 +128,7 @@ def load_backbone(
         pos = state["pos_embed"]  # (1, 1 + h·w, D)
         patches = resize_pos_embed(pos[:, 1:], src_grid, model.grid)  # (1, h'·w', D)
         state["pos_embed"] = torch.cat([pos[:, :1], patches], dim=1)
-    result = model.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise InputError(
-            path,
-            f"weights do not match the {VIT} architecture in the card "
-            f"(missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]})",
-        )
+    load_float_state(model, state, path, f"the {VIT} architecture in the card")
     model.eval()
     return model, card
 
