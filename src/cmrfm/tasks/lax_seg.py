@@ -70,6 +70,27 @@ def sim_seg_makers(
     return out
 
 
+def sim_seg_data(
+    cohort: Sequence[SimSubject],
+    predicate: Any,
+    lookup: np.ndarray,
+    dataset: Any,
+    description: str,
+    noun: str,
+    per_series: int = 0,
+) -> TaskData:
+    """TaskData of a simulated segmentation task: the cohort's matching slices, stratified by group."""
+    makers = sim_seg_makers(cohort, predicate, lookup, per_series)
+    subjects = [s.subject for s in cohort]
+    count = sum(len(v) for v in makers.values())
+    return TaskData(
+        subjects,
+        [s.group for s in cohort],
+        subject_factory(makers, dataset),
+        f"{description}: {len(subjects)} subjects, {count} {noun}",
+    )
+
+
 @register_task
 class LaxSeg(SegmentationTask):
     """Cine long-axis segmentation on simulated 2CH/3CH/4CH frames."""
@@ -93,14 +114,8 @@ class LaxSeg(SegmentationTask):
         return lambda r: r["sequence"] == MRSequence.CINE and r["view"] in views
 
     def _data(self, cohort: Sequence[SimSubject], description: str, per_series: int = 0) -> TaskData:
-        makers = sim_seg_makers(cohort, self._predicate(), _LAX_LOOKUP, per_series)
-        subjects = [s.subject for s in cohort]
-        count = sum(len(v) for v in makers.values())
-        return TaskData(
-            subjects,
-            [s.group for s in cohort],
-            subject_factory(makers, self._dataset),
-            f"{description}: {len(subjects)} subjects, {count} long-axis frames",
+        return sim_seg_data(
+            cohort, self._predicate(), _LAX_LOOKUP, self._dataset, description, "long-axis frames", per_series
         )
 
     def load_data(self) -> TaskData:

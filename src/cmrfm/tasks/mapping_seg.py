@@ -16,8 +16,8 @@ from cmrfm.tasks.augment import AugmentConfig
 from cmrfm.tasks.base import TaskData, TaskInfo, register_task
 from cmrfm.tasks.items import ItemDataset
 from cmrfm.tasks.kinds import SegmentationConfig, SegmentationTask
-from cmrfm.tasks.lax_seg import sim_seg_makers
-from cmrfm.tasks.mixed import ItemMaker, subject_factory
+from cmrfm.tasks.lax_seg import sim_seg_data
+from cmrfm.tasks.mixed import ItemMaker
 from cmrfm.tasks.sax_seg import SAX_LABELS, class_lookup
 from cmrfm.tasks.simcohort import SimSubject, sim_cohort
 
@@ -64,14 +64,14 @@ class MappingSeg(SegmentationTask):
 
     def _data(self, cohort: Sequence[SimSubject], description: str, per_series: int = 0) -> TaskData:
         wanted = set(self.config.sequences)
-        makers = sim_seg_makers(cohort, lambda r: r["sequence"] in wanted, _MAP_LOOKUP, per_series)
-        subjects = [s.subject for s in cohort]
-        count = sum(len(v) for v in makers.values())
-        return TaskData(
-            subjects,
-            [s.group for s in cohort],
-            subject_factory(makers, self._dataset),
-            f"{description}: {len(subjects)} subjects, {count} map slices",
+        return sim_seg_data(
+            cohort,
+            lambda r: r["sequence"] in wanted,
+            _MAP_LOOKUP,
+            self._dataset,
+            description,
+            "map slices",
+            per_series,
         )
 
     def load_data(self) -> TaskData:
