@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from cmrfm import __version__
@@ -415,8 +414,3 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> RunResult:
     }
     weights = export_model(model, out / "model.safetensors", card, cfg.export_fp16, cfg.image_size)
     return RunResult(out, weights, result, train_ids, eval_ids, seconds, steps)
-
-
-def count_trainable(model: nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
