@@ -12,7 +12,8 @@ import math
 
 import numpy as np
 
-from cmrfm.constants import ML_PER_MM3, MYOCARDIAL_DENSITY_G_PER_ML, MYOCARDIAL_LABELS, Label
+from cmrfm.clinical.function import label_volume_ml
+from cmrfm.constants import MYOCARDIAL_DENSITY_G_PER_ML, MYOCARDIAL_LABELS, Label
 from cmrfm.simulate.anatomy import FINE_STEP_MM, HeartCoords, Phantom
 from cmrfm.simulate.motion import contraction
 from cmrfm.simulate.planes import Plane
@@ -96,10 +97,10 @@ def lax_landmarks(phantom: Phantom, plane: Plane, t: float, shift: np.ndarray) -
 
 def volumes_from_labels(labels: np.ndarray, spacing: tuple[float, float, float]) -> dict[str, float]:
     """LV, RV, myocardial volume (mL) and LV mass (g) of one 3D label volume (disc summation)."""
-    voxel_ml = float(np.prod(spacing)) * ML_PER_MM3
-    lv = np.count_nonzero(labels == Label.LV) * voxel_ml
-    rv = np.count_nonzero(labels == Label.RV) * voxel_ml
-    myo = np.count_nonzero(np.isin(labels, MYOCARDIAL_LABELS)) * voxel_ml
+    area, depth = float(spacing[0]) * float(spacing[1]), float(spacing[2])
+    lv = label_volume_ml(labels, Label.LV, area, depth)
+    rv = label_volume_ml(labels, Label.RV, area, depth)
+    myo = label_volume_ml(labels, MYOCARDIAL_LABELS, area, depth)
     return {"lv_ml": lv, "rv_ml": rv, "myo_ml": myo, "lv_mass_g": myo * MYOCARDIAL_DENSITY_G_PER_ML}
 
 
