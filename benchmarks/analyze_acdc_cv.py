@@ -67,16 +67,22 @@ def list_patients(acdc: Path) -> list[tuple[str, str]]:
 
 
 def write_splits(acdc: Path, cv: Path, k: int, seed: int) -> Path:
-    """Writes the stratified patient-level split the CV fold models should be trained on."""
-    from cmrfm.data.splits import kfold_splits
+    """Writes the patient-level split the CV fold models are trained on.
 
-    patients = list_patients(acdc)
-    splits = kfold_splits([p for p, _ in patients], [g for _, g in patients], k=k, seed=seed)
+    The split is computed exactly as ``cmrfm finetune --task sax-seg folds=K seed=S`` computes it
+    (same subject order and strata, through :func:`cmrfm.engine.finetune.split_subjects`), so fold
+    ``f``'s held-out patients here are the ones ``fold=f`` never trained on.
+    """
+    from cmrfm.engine.finetune import FinetuneConfig, build_task, split_subjects
+
+    task_data = build_task("sax-seg", {"root": str(acdc)}).load_data()
+    configs = [FinetuneConfig(task="sax-seg", folds=k, fold=f, seed=seed) for f in range(k)]
+    splits = [split_subjects(task_data, cfg) for cfg in configs]
     cv.mkdir(parents=True, exist_ok=True)
     data = {
         "k": k,
         "seed": seed,
-        "folds": [{"fold": s.fold, "train": list(s.train), "val": list(s.val)} for s in splits],
+        "folds": [{"fold": f, "train": sorted(tr), "val": sorted(va)} for f, (tr, va) in enumerate(splits)],
     }
     path = cv / SPLITS_FILE
     path.write_text(json.dumps(data, indent=1) + "\n")
@@ -197,7 +203,11 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, float]:
 def run(cv: Path, acdc: Path, out: Path, patients: int, write: bool) -> dict[str, float]:
     """Evaluates every held-out patient (the first ``patients`` when > 0); writes CSV, JSON, plot."""
     folds = held_out_fold(cv)
-    ids = [p for p, _ in list_patients(acdc) if p in folds]
+    present = {int(w.stem.removeprefix("fold")) for w in cv.glob("fold*.safetensors")}
+    missing = sorted(set(folds.values()) - present)
+    if missing:
+        print(f"fold models missing for folds {missing}: their patients are skipped")
+    ids = [p for p, _ in list_patients(acdc) if folds.get(p) in present]
     if patients > 0:
         ids = ids[:patients]
     if not ids:

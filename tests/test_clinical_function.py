@@ -42,6 +42,11 @@ def test_curve_and_ed_es():
     curve = volume_curve_ml(cine, Label.LV, 1.0, 1.0)
     assert curve.tolist() == [0.016, 0.064, 0.016]
     assert detect_ed_es(curve) == (1, 0)
+    # an ED/ES pair with a failing LV: the LV alone points the wrong way, LV+RV the right way
+    assert detect_ed_es([150.0, 151.0]) == (1, 0)
+    assert detect_ed_es([150.0, 151.0], rv_volumes=[160.0, 90.0]) == (0, 1)
+    # a cine (more than two frames) keeps the LV-only rule
+    assert detect_ed_es([100.0, 60.0, 90.0], rv_volumes=[50.0, 200.0, 50.0]) == (0, 1)
     with pytest.raises(ValueError):
         detect_ed_es([])
 

@@ -16,11 +16,13 @@ from cmrfm.data.preprocess import (
     find_heart_centre,
     forward_image,
     forward_mask,
+    heart_centre_of_masks,
     invert_intensity,
     invert_mask,
     invert_probs,
     plan_preprocessing,
     preprocess_series,
+    recentre,
     register_centre_finder,
 )
 from cmrfm.data.study import Series
@@ -110,6 +112,27 @@ def test_crop_is_centred_on_the_heart_and_layout_is_yx():
     assert np.argwhere(out == Label.RV)[:, 1].mean() < np.argwhere(out == Label.LV)[:, 1].mean()
     # output pixels are 1.5 mm: the LV radius (25 mm) spans ≈ 33 pixels across
     assert abs(np.count_nonzero(out == Label.LV) - np.pi * (25 / 1.5) ** 2) < 40
+
+
+def test_recentre_moves_only_the_crop():
+    """A plan re-centred on the labelled heart equals the plan made from the labels."""
+    spacing = (1.2, 1.2)
+    labels = heart_labels(spacing, n_slices=2)
+    series = series_for(labels, spacing)
+    config = PreprocessConfig(size=96)
+    from_labels = plan_preprocessing(series, config)
+    heuristic = plan_preprocessing(dataclasses.replace(series, labels={}), config)
+    assert heuristic.centre_source != "labels"
+    centre = heart_centre_of_masks([labels])
+    assert centre == pytest.approx(from_labels.centre)
+    moved = recentre(heuristic, centre, "segmentation")
+    assert moved.origin == from_labels.origin and moved.centre_source == "segmentation"
+    assert (moved.step, moved.intensity_low, moved.intensity_high) == (
+        heuristic.step,
+        heuristic.intensity_low,
+        heuristic.intensity_high,
+    )
+    assert heart_centre_of_masks([np.zeros((8, 8, 2), np.uint8)]) is None
 
 
 def test_intensity_percentiles_and_inverse():

@@ -5,11 +5,13 @@
 1. Series identification: sequence and view from the classifiers when their weights exist, else
    the reader's guess (DICOM header / sidecar keywords), else an assumption for image-only NIfTI
    (stacks of ≥ :data:`MIN_SAX_SLICES` slices are taken as cine SAX); quality grade per series.
-2. Cine SAX: every slice of every frame segmented in batched forwards on one preprocessing plan
-   per series; post-processing (:mod:`cmrfm.clinical.postprocess`); masks mapped back to the
-   series' own grid; ED/ES from the LV volume curve; Simpson volumes with the true slice spacing;
-   mass at ED; BSA-indexed values; flags against normal ranges; RV insertion points and septal
-   direction; disease classification from images plus features of the predicted masks.
+2. Cine SAX: the crop re-centred on the heart a first segmentation finds (training crops are
+   centred on the labelled heart); every slice of every frame segmented in batched forwards on
+   one preprocessing plan per series; post-processing (:mod:`cmrfm.clinical.postprocess`); masks
+   mapped back to the series' own grid; ED/ES from the LV volume curve (LV+RV for an ED/ES pair);
+   Simpson volumes with the true slice spacing; mass at ED; BSA-indexed values; flags against
+   normal ranges; RV insertion points and septal direction; disease classification from images
+   plus features of the predicted masks.
    Single-frame SAX volumes of one geometry (an ACDC patient's ED and ES files) form one
    pseudo-cine; a frame file identical to a frame of a 4D cine reuses that frame's masks.
 3. LGE SAX: LV/MYO/infarct/MVO, infarct present/absent, infarct size (% of LV myocardium), MVO.
@@ -59,7 +61,14 @@ from cmrfm.clinical.postprocess import clean_stack
 from cmrfm.clinical.report import write_report
 from cmrfm.constants import FUNCTION_KEYS, LABEL_NAMES, ML_PER_MM3, Label, Sequence, View
 from cmrfm.data.adapters import ADAPTERS
-from cmrfm.data.preprocess import PreparedSeries, PreprocessConfig, invert_mask, preprocess_series
+from cmrfm.data.preprocess import (
+    PreparedSeries,
+    PreprocessConfig,
+    heart_centre_of_masks,
+    invert_mask,
+    preprocess_series,
+    recentre,
+)
 from cmrfm.data.study import ClinicalInfo, Series, Study
 from cmrfm.errors import InputError
 from cmrfm.io.loader import detect_adapter
@@ -98,6 +107,10 @@ SEG_TASKS: dict[tuple[Sequence, str], str] = {
     (Sequence.T2_MAP, "sax"): "mapping-seg",
 }
 LAX_VIEWS = (View.TWO_CH, View.THREE_CH, View.FOUR_CH)
+
+
+#: Two-frame studies whose LV+RV volumes differ by less than this fraction get an ED/ES warning.
+AMBIGUOUS_ED_ES_FRACTION = 0.03
 
 
 @dataclass
@@ -333,11 +346,26 @@ class PreparedCache:
         self._items: dict[tuple, PreparedSeries] = {}
         self._configs: dict[tuple, PreprocessConfig] = {}
 
+    @staticmethod
+    def _key(series: Series, config: PreprocessConfig) -> tuple:
+        return (id(series), config.size, config.spacing_mm, tuple(config.percentiles), config.clip)
+
+    def recentre(
+        self, series: Series, config: PreprocessConfig, centre: tuple[float, float], source: str
+    ) -> PreparedSeries:
+        """Moves the series' crop for ``config`` to ``centre`` (source x, y); frames are remade."""
+        key = self._key(series, config)
+        old = self.get(series, config, frames=[0])
+        record = recentre(old.record, centre, source)
+        frames = sorted(old.images)
+        self._items[key] = preprocess_series(series, self._configs[key], frames=frames, record=record)
+        return self._items[key]
+
     def get(
         self, series: Series, config: PreprocessConfig, frames: list[int] | None = None
     ) -> PreparedSeries:
         """The series preprocessed for ``config``; holds at least ``frames`` (default: every frame)."""
-        key = (id(series), config.size, config.spacing_mm, tuple(config.percentiles), config.clip)
+        key = self._key(series, config)
         wanted = list(range(series.num_frames)) if frames is None else list(frames)
         if key not in self._items:
             self._items[key] = preprocess_series(series, config, frames=wanted)
@@ -496,11 +524,62 @@ def group_sax_frames(infos: list[SeriesInfo]) -> tuple[list[tuple[Series, list[S
     return out, aliased
 
 
-def segment_series(
-    series: Series, task_id: str, bundle: ModelBundle, cache: PreparedCache, parts: list[Series] | None = None
-) -> SegRun:
-    """Segments every slice of every frame of a series in batched forwards; cleans; maps back."""
+def centre_on_prediction(
+    series: Series, task_id: str, bundle: ModelBundle, cache: PreparedCache, passes: int = 2
+) -> tuple[float, float] | None:
+    """Re-centres the series' crop on the heart a first segmentation of frame 0 finds.
+
+    Training crops are centred on the manual labels' heart centroid (LV, MYO, RV, scar); an image-only
+    study is first cropped around a heuristic centre, which for a large RV or an off-centre heart can
+    sit 20-30 mm from where training put it and cut the RV off. Each pass segments frame 0 on the
+    current crop, takes the centroid of the predicted heart with the same definition as training
+    (:func:`~cmrfm.data.preprocess.heart_centre_of_masks`) and moves the crop there; passes stop once
+    the move is below one output pixel. Returns the final centre, or None when nothing was found.
+
+    Args:
+        series: The series to segment.
+        task_id: Its segmentation task.
+        bundle: Loaded models.
+        cache: The study's preprocessing cache (updated in place, so later steps share the crop).
+        passes: Maximum number of re-centring passes.
+    """
     loaded = bundle.models[task_id]
+    label_ids = _class_label_ids(loaded.classes)
+    centre = None
+    for _ in range(passes):
+        prepared = cache.get(series, loaded.preprocess, frames=[0])
+        pred = bundle.segment(task_id, prepared.images[0])  # (Z, H, W) in, labels (Z, H, W)
+        grid = clean_stack(label_ids[pred.labels].transpose(1, 2, 0))  # (H, W, Z)
+        found = heart_centre_of_masks([invert_mask(grid.transpose(2, 0, 1), prepared.record)])
+        if found is None:
+            return centre
+        record = prepared.record
+        shift_px = math.hypot(
+            (found[0] - record.centre[0]) / record.step[0], (found[1] - record.centre[1]) / record.step[1]
+        )
+        centre = found
+        if shift_px < 1.0:
+            break
+        cache.recentre(series, loaded.preprocess, found, "segmentation")
+    return centre
+
+
+def segment_series(
+    series: Series,
+    task_id: str,
+    bundle: ModelBundle,
+    cache: PreparedCache,
+    parts: list[Series] | None = None,
+    recentre_passes: int = 2,
+) -> SegRun:
+    """Segments every slice of every frame of a series in batched forwards; cleans; maps back.
+
+    The crop is first re-centred on the predicted heart (:func:`centre_on_prediction`, at most
+    ``recentre_passes`` passes on frame 0; 0 keeps the heuristic crop).
+    """
+    loaded = bundle.models[task_id]
+    if recentre_passes:
+        centre_on_prediction(series, task_id, bundle, cache, recentre_passes)
     prepared = cache.get(series, loaded.preprocess)
     frames = sorted(prepared.images)
     stack = np.stack([prepared.images[t] for t in frames])  # (T, Z, H, W)
@@ -566,6 +645,14 @@ def cine_function(run: SegRun, options: AnalyzeOptions, warnings: list[str]) -> 
     if series.num_frames == 1:
         warnings.append("a single SAX frame: taken as end-diastole; ES measures unavailable")
         ed = es = 0
+    elif series.num_frames == 2:
+        ed, es = detect_ed_es(lv_curve, rv_curve)  # ordered by LV+RV volume
+        total = lv_curve + rv_curve
+        if abs(total[0] - total[1]) < AMBIGUOUS_ED_ES_FRACTION * total.max():
+            warnings.append(
+                f"ED and ES of {series.name} differ by < {AMBIGUOUS_ED_ES_FRACTION:.0%} in "
+                "ventricular volume: which frame is ED is uncertain"
+            )
     else:
         ed, es = detect_ed_es(lv_curve)
         if ed == es:

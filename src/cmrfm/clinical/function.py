@@ -38,15 +38,19 @@ def volume_curve_ml(masks: np.ndarray, label: int, pixel_area_mm2: float, slice_
     return counts * pixel_area_mm2 * slice_spacing * ML_PER_MM3
 
 
-def detect_ed_es(lv_volumes: Sequence[float]) -> tuple[int, int]:
+def detect_ed_es(lv_volumes: Sequence[float], rv_volumes: Sequence[float] | None = None) -> tuple[int, int]:
     """ED = frame of largest LV volume, ES = frame of smallest.
 
-    With two frames (ACDC-style ED/ES pair) this reduces to comparing them. Ties keep the earliest
-    frame, so a constant curve gives ``(0, 0)`` and callers can warn.
+    With two frames (an ACDC-style ED/ES pair) and ``rv_volumes`` given, the frames are ordered by
+    LV+RV volume instead: both ventricles are largest at ED, and the sum stays decisive when a failing
+    LV barely changes volume. Ties keep the earliest frame, so a constant curve gives ``(0, 0)`` and
+    callers can warn.
     """
     volumes = np.asarray(lv_volumes, float)
     if volumes.ndim != 1 or volumes.size == 0:
         raise ValueError("need a 1D, non-empty LV volume curve")
+    if rv_volumes is not None and volumes.size == 2:
+        volumes = volumes + np.asarray(rv_volumes, float)
     return int(np.argmax(volumes)), int(np.argmin(volumes))
 
 

@@ -201,17 +201,26 @@ def _mid_slices(series: Series) -> slice:
     return slice(z // 4, max(z // 4 + 1, z - z // 4))
 
 
-@register_centre_finder("labels")
-def centre_from_labels(series: Series) -> tuple[float, float] | None:
-    """Centroid of the heart labels over all labelled frames and slices; None without labels."""
+def heart_centre_of_masks(masks: Iterable[np.ndarray]) -> tuple[float, float] | None:
+    """Centroid ``(x, y)`` of the heart labels over ``(X, Y, Z)`` masks (all slices); None when empty.
+
+    The one definition of "heart centre" shared by training crops (manual labels) and study
+    analysis (re-centring on a first predicted mask), so both see the heart in the same place.
+    """
     counts = None
-    for mask in series.labels.values():
+    for mask in masks:
         heart = np.isin(mask, HEART_LABELS).sum(axis=2)  # (X, Y)
         counts = heart if counts is None else counts + heart
     if counts is None or counts.sum() == 0:
         return None
     x, y = ndimage.center_of_mass(counts)
     return float(x), float(y)
+
+
+@register_centre_finder("labels")
+def centre_from_labels(series: Series) -> tuple[float, float] | None:
+    """Centroid of the heart labels over all labelled frames and slices; None without labels."""
+    return heart_centre_of_masks(series.labels.values())
 
 
 @register_centre_finder("temporal_variance")
@@ -299,6 +308,20 @@ def _intensity_range(image: np.ndarray, percentiles: tuple[float, float]) -> tup
     return low, high
 
 
+def _crop_origin(centre: tuple[float, float], step: tuple[float, float], size: int) -> tuple[float, float]:
+    """Source ``(x, y)`` sampled by output pixel (0, 0) for a ``size``² crop centred on ``centre``."""
+    half = (size - 1) / 2
+    return (float(np.round(centre[0] - half * step[0])), float(np.round(centre[1] - half * step[1])))
+
+
+def recentre(record: PreprocessRecord, centre: tuple[float, float], source: str) -> PreprocessRecord:
+    """The same plan (spacing, size, intensity window) with the crop moved to ``centre`` (source x, y)."""
+    centre = (float(centre[0]), float(centre[1]))
+    return dataclasses.replace(
+        record, origin=_crop_origin(centre, record.step, record.out_size), centre=centre, centre_source=source
+    )
+
+
 def plan_preprocessing(series: Series, config: PreprocessConfig | None = None) -> PreprocessRecord:
     """Decides spacing, crop and intensity window for a series (nothing is resampled yet)."""
     config = config or PreprocessConfig()
@@ -310,8 +333,7 @@ def plan_preprocessing(series: Series, config: PreprocessConfig | None = None) -
         in_spacing = (assumed, assumed)
     step = (config.spacing_mm / in_spacing[0], config.spacing_mm / in_spacing[1])
     centre, source = find_heart_centre(series, config.centre)
-    half = (config.size - 1) / 2
-    origin = (float(np.round(centre[0] - half * step[0])), float(np.round(centre[1] - half * step[1])))
+    origin = _crop_origin(centre, step, config.size)
     low, high = _intensity_range(series.image, config.percentiles)
     return PreprocessRecord(
         in_shape=(series.shape[0], series.shape[1]),
