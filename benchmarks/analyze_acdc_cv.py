@@ -147,7 +147,10 @@ def evaluate_patient(patient_dir: Path, bundle: ModelBundle, work: Path) -> dict
         m.get("ed_frame") is not None and order[m["ed_frame"]] == ed_no and order[m["es_frame"]] == es_no
     )
     row["analysis_lv_ef_pct"] = m.get("lv_ef_pct")
-    row["ood_flag"] = (m.get("ood") or {}).get("flag")
+    ood = m.get("ood") or {}
+    row["ood_flag"] = ood.get("flag")
+    row["ood_threshold_source"] = ood.get("threshold_source")
+    row["mean_entropy"] = ood.get("mean_entropy")
     shutil.rmtree(folder)
     return row
 
@@ -197,6 +200,10 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, float]:
         out[f"{key}_mae"] = float(np.nanmean(np.abs(errors)))
         out[f"{key}_bias"] = float(np.nanmean(errors))
     out["ed_es_correct_pct"] = 100.0 * float(np.mean([r["ed_es_correct"] for r in rows]))
+    entropy = np.array([r.get("mean_entropy") for r in rows], float)
+    if np.isfinite(entropy).any():
+        for name, fn in (("min", np.nanmin), ("median", np.nanmedian), ("max", np.nanmax)):
+            out[f"mean_entropy_{name}"] = float(fn(entropy))
     return out
 
 
@@ -262,7 +269,14 @@ def _section(summary: dict[str, float], cards: dict[int, dict], cv: Path, n: int
         f"LVEDV error {summary['lv_edv_ml_bias']:+.1f} mL (MAE {summary['lv_edv_ml_mae']:.1f}), "
         f"LVESV {summary['lv_esv_ml_bias']:+.1f} (MAE {summary['lv_esv_ml_mae']:.1f}), "
         f"LV mass {summary['lv_mass_g_bias']:+.1f} g (MAE {summary['lv_mass_g_mae']:.1f}); "
-        f"ED/ES chosen correctly in {summary['ed_es_correct_pct']:.0f} %.",
+        f"ED/ES chosen correctly in {summary['ed_es_correct_pct']:.0f} %."
+        + (
+            f" Mean predictive entropy over the heart (the OOD statistic) on these in-distribution "
+            f"studies: {summary['mean_entropy_min']:.3f}-{summary['mean_entropy_max']:.3f} "
+            f"(median {summary['mean_entropy_median']:.3f})."
+            if "mean_entropy_max" in summary
+            else ""
+        ),
         "",
         "![Bland-Altman](images/acdc_cv_bland_altman.png)",
         "",

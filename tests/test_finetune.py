@@ -31,6 +31,13 @@ def _cfg(tmp_path, **kw):
     return FinetuneConfig(**base)
 
 
+def _csv_rows(path):
+    import csv
+
+    with path.open() as handle:
+        return [r for r in csv.DictReader(handle) if r["mean_entropy"] not in ("", "nan")]
+
+
 def test_finetune_runs_evaluates_and_exports(tmp_path):
     result = finetune(_cfg(tmp_path), progress=False)
     assert result.weights.is_file() and (result.out / "metrics.json").is_file()
@@ -39,6 +46,12 @@ def test_finetune_runs_evaluates_and_exports(tmp_path):
     assert not set(result.train_subjects) & set(result.eval_subjects)
     model, card = load_task_model(result.weights)
     assert card["task"] == "sax-seg" and card["train_subjects"] == len(result.train_subjects)
+    # the OOD threshold for study analysis is calibrated on the held-out volumes' entropies
+    held_out = [float(r["mean_entropy"]) for r in _csv_rows(result.out / "per_subject.csv")]
+    if held_out:
+        assert card["ood"]["entropy_max"] == pytest.approx(1.2 * max(held_out), abs=1e-3)
+    else:  # an untrained model found no heart in any held-out volume: nothing to calibrate on
+        assert "ood" not in card
     out = model(
         next(
             iter(

@@ -54,3 +54,20 @@ def test_bootstrap_interval_contains_mean():
     est, lo, hi = M.mean_ci(values, n_resamples=300)
     assert lo < est < hi and est == pytest.approx(values.mean())
     assert hi - lo < 0.05
+
+
+def test_heart_entropy_and_ood_threshold_hand_computed():
+    probs = np.full((1, 4, 1, 1), 0.25)
+    assert M.normalised_entropy(probs)[0, 0, 0] == pytest.approx(1.0)
+    assert M.normalised_entropy(np.array([[1.0, 0.0]]), axis=1)[0] == pytest.approx(0.0, abs=1e-6)
+    entropy = np.zeros((9, 9, 1), np.float32)
+    entropy[4, 4, 0] = 0.9  # the heart pixel
+    entropy[0, 0, 0] = 1.0  # far from the heart: ignored
+    labels = np.zeros((9, 9, 1), np.uint8)
+    labels[4, 4, 0] = 1
+    # 3D dilation by 1 of one voxel in a single slice: the 5-voxel cross in-plane
+    assert M.mean_heart_entropy(entropy, labels, margin_px=1) == pytest.approx(0.9 / 5)
+    assert M.mean_heart_entropy(entropy, np.zeros_like(labels)) is None
+    ood = M.entropy_threshold([0.5, 0.55, None, float("nan"), 0.6])
+    assert ood["entropy_max"] == pytest.approx(0.72) and "3 held-out volumes" in ood["calibration"]
+    assert M.entropy_threshold([None]) is None

@@ -74,6 +74,7 @@ from cmrfm.errors import InputError
 from cmrfm.io.loader import detect_adapter
 from cmrfm.io.nifti import is_label_file, is_nifti, list_nifti_images, nifti_stem, read_nifti
 from cmrfm.io.writers import save_mask
+from cmrfm.metrics import mean_heart_entropy
 
 #: Stacks with at least this many slices and no known view are taken as short axis.
 MIN_SAX_SLICES = 3
@@ -92,8 +93,6 @@ QUALITY_FRAMES = 3
 OVERRIDE_CONFIDENCE = 0.8
 #: Without a reader hint, a classifier is believed only from this confidence on (else assumed).
 MIN_CONFIDENCE = 0.5
-#: Dilation (pixels) of the predicted heart defining where entropy is averaged.
-HEART_MARGIN_PX = 3
 #: Quality class names (lower case) taken as below diagnostic quality.
 NON_DIAGNOSTIC_GRADES = frozenset(
     {"non-diagnostic", "nondiagnostic", "poor", "3", "grade3", "grade_3", "severe"}
@@ -330,13 +329,12 @@ class SegRun:
 
     def mean_entropy(self, frames: list[int]) -> float | None:
         """Mean entropy over the dilated predicted heart of ``frames`` (None when nothing is found)."""
-        values = []
-        for t in frames:
-            heart = self.grid_labels[..., t] > 0  # (H, W, Z)
-            if heart.any():
-                heart = ndimage.binary_dilation(heart, iterations=HEART_MARGIN_PX)
-                values.append(self.entropy[t].transpose(1, 2, 0)[heart].mean())
-        return float(np.mean(values)) if values else None
+        # entropy (Z, H, W) -> (H, W, Z) like the labels
+        values = [
+            mean_heart_entropy(self.entropy[t].transpose(1, 2, 0), self.grid_labels[..., t]) for t in frames
+        ]
+        found = [v for v in values if v is not None]
+        return float(np.mean(found)) if found else None
 
 
 class PreparedCache:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from cmrfm.data.preprocess import PreprocessConfig
 from cmrfm.errors import CmrfmError, InputError
+from cmrfm.metrics import normalised_entropy
 from cmrfm.models.heads import per_level_uncertainty
 
 #: Every task an analysis may use, in the order they run.
@@ -114,8 +115,7 @@ class SegPrediction:
 
     def entropy(self) -> np.ndarray:
         """``(N, H, W)`` predictive entropy normalised to [0, 1] by ``log C``."""
-        p = np.clip(self.probs, 1e-8, 1.0)
-        return -(p * np.log(p)).sum(axis=1) / np.log(self.probs.shape[1])
+        return normalised_entropy(self.probs, axis=1)
 
 
 @dataclass

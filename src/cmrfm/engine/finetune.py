@@ -21,7 +21,7 @@ from typing import Any, Literal
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from cmrfm import __version__
+from cmrfm import __version__, metrics
 from cmrfm.config import merge_into, save_yaml, to_dict
 from cmrfm.data.splits import fewshot_subset, kfold_splits
 from cmrfm.engine.checkpoint import (
@@ -412,5 +412,10 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> RunResult:
         "metrics": None if result is None else result.metrics,
         "train_seconds": round(seconds, 1),
     }
+    if result is not None and task.info.kind == "segmentation":
+        # out-of-distribution threshold for study analysis, from the held-out volumes' entropies
+        ood = metrics.entropy_threshold([row.get("mean_entropy") for row in result.per_subject])
+        if ood is not None:
+            card["ood"] = ood
     weights = export_model(model, out / "model.safetensors", card, cfg.export_fp16, cfg.image_size)
     return RunResult(out, weights, result, train_ids, eval_ids, seconds, steps)

@@ -113,12 +113,14 @@ class SegmentationTask(Task):
 
     @torch.no_grad()
     def predict_masks(self, model: TaskModel, dataset: Dataset, batch_size: int = 16) -> list[dict[str, Any]]:
-        """Predicted masks per item: ``subject``, ``volume``, ``slice``, ``pred``, ``ref``, ``spacing``."""
+        """Per item: ``subject``, ``volume``, ``slice``, ``pred``, ``ref``, ``spacing``, ``entropy``."""
         model.eval()
         rows = []
         loader = DataLoader(dataset, batch_size=batch_size, collate_fn=self.collate)
         for batch in loader:
-            pred = model(batch)["logits"].argmax(dim=1).cpu().numpy().astype(np.uint8)
+            probs = torch.softmax(model(batch)["logits"].float(), dim=1).cpu().numpy()  # (B, C, H, W)
+            pred = probs.argmax(axis=1).astype(np.uint8)
+            entropy = metrics.normalised_entropy(probs, axis=1).astype(np.float16)  # (B, H, W)
             for i in range(pred.shape[0]):
                 rows.append(
                     {
@@ -128,6 +130,7 @@ class SegmentationTask(Task):
                         "pred": pred[i],
                         "ref": batch["mask"][i].numpy().astype(np.uint8),
                         "spacing": batch["spacing"][i].numpy(),
+                        "entropy": entropy[i],
                     }
                 )
         return rows
@@ -148,6 +151,9 @@ class SegmentationTask(Task):
             # items are (H, W) = (rows, columns): row spacing is y, column spacing is x
             scores = metrics.segmentation_scores(pred, ref, structures, (sy, sx, sz))
             scores["dice_mean"] = float(np.mean([scores[f"dice_{n}"] for n in structures.values()]))
+            entropy = np.stack([r["entropy"] for r in slices], axis=-1)  # (H, W, Z)
+            heart_entropy = metrics.mean_heart_entropy(entropy, pred)
+            scores["mean_entropy"] = float("nan") if heart_entropy is None else heart_entropy
             per_volume.append({"subject": slices[0]["subject"], "volume": key, **scores})
         return summarise_rows(per_volume, primary="dice_mean")
 
