@@ -12,9 +12,13 @@ predicted masks written in the input geometry are then compared with the manual 
 
 Which patients each fold held out is read from ``<cv>/splits.json``
 (``{"k": K, "seed": S, "folds": [{"fold": 0, "train": [...], "val": [...]}, ...]}``) or, failing
-that, from each fold card's ``eval_subject_ids``. ``--write-splits`` writes the stratified split
-(:func:`cmrfm.data.splits.kfold_splits` over patient ids sorted, strata = ACDC groups) for the CV
-training to use.
+that, from each fold card's ``eval_subject_ids``. ``--write-splits K`` writes the split that
+``cmrfm finetune --task sax-seg folds=K fold=f`` trains on (the same function computes both).
+Folds without weights are skipped with a message.
+
+Besides the accuracy numbers it writes ``predicted_features.csv``: the disease classifier's shape
+and function features of every patient's out-of-fold predicted masks, for training ``disease-cls``
+on what analysis will feed it (``task_options.features=file``).
 
 Usage: ``python benchmarks/analyze_acdc_cv.py [--cv DIR] [--acdc ROOT] [--patients N] [--out DIR]
 [--write]``; ``--write`` rewrites its section of ``benchmarks/RESULTS.md``.
@@ -37,6 +41,7 @@ from results import replace_section
 
 from cmrfm.clinical.analyze import AnalyzeOptions, analyze_path
 from cmrfm.clinical.bundle import ModelBundle
+from cmrfm.clinical.features import FEATURE_NAMES
 from cmrfm.clinical.function import slice_spacing_mm, ventricular_function
 from cmrfm.constants import Label
 from cmrfm.data.adapters.acdc import INFO_FILE, AcdcAdapter, read_info
@@ -49,6 +54,8 @@ RESULTS = Path(__file__).with_name("RESULTS.md")
 HEADING = "## ACDC cross-validated analysis accuracy (benchmarks/analyze_acdc_cv.py)"
 STRUCTURES = {"LV": Label.LV, "MYO": Label.MYO, "RV": Label.RV}
 SPLITS_FILE = "splits.json"
+#: Out-of-fold predicted-mask features for disease-cls training (in ``--out``).
+FEATURES_FILE = "predicted_features.csv"
 
 
 def dice(pred: np.ndarray, ref: np.ndarray) -> float:
@@ -147,6 +154,7 @@ def evaluate_patient(patient_dir: Path, bundle: ModelBundle, work: Path) -> dict
         m.get("ed_frame") is not None and order[m["ed_frame"]] == ed_no and order[m["es_frame"]] == es_no
     )
     row["analysis_lv_ef_pct"] = m.get("lv_ef_pct")
+    row["shape_features"] = m.get("shape_features")
     ood = m.get("ood") or {}
     row["ood_flag"] = ood.get("flag")
     row["ood_threshold_source"] = ood.get("threshold_source")
@@ -185,6 +193,22 @@ def bland_altman(rows: list[dict[str, Any]], path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+    return path
+
+
+def write_feature_table(features: dict[str, dict[str, float] | None], path: Path) -> Path:
+    """The disease classifier's features of each patient's out-of-fold predicted masks, as a CSV.
+
+    ``cmrfm finetune --task disease-cls task_options.features=file task_options.features_file=PATH``
+    trains on them, so the classifier meets at training time the segmentation errors that study
+    analysis will feed it.
+    """
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["subject", *FEATURE_NAMES])
+        for patient, values in sorted(features.items()):
+            if values:
+                writer.writerow([patient, *[values[name] for name in FEATURE_NAMES]])
     return path
 
 
@@ -228,10 +252,12 @@ def run(cv: Path, acdc: Path, out: Path, patients: int, write: bool) -> dict[str
             if fold not in bundles:
                 bundles[fold] = ModelBundle.from_files({"sax-seg": cv / f"fold{fold}.safetensors"})
             rows.append({"fold": fold, **evaluate_patient(acdc / patient, bundles[fold], Path(tmp) / str(n))})
+    features = {r["patient"]: r.pop("shape_features") for r in rows}
     with (out / "per_patient.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+    write_feature_table(features, out / FEATURES_FILE)
     summary = summarise(rows)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot = bland_altman(rows, out / "bland_altman.png")

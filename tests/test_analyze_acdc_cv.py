@@ -65,6 +65,12 @@ def test_two_patients_each_by_its_held_out_fold(tmp_path, acdc_root, one_thread)
     assert summary["patients"] == 2 and np.isfinite(summary["dice_mean"])
     assert (out / "bland_altman.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((out / "summary.json").read_text())["patients"] == 2
+    from cmrfm.clinical.features import FEATURE_NAMES
+
+    with (out / script.FEATURES_FILE).open() as handle:
+        table = list(csv.DictReader(handle))
+    assert all(set(r) == {"subject", *FEATURE_NAMES} for r in table)
+    assert {r["subject"] for r in table} <= {"patient001", "patient002"}
 
 
 def test_reference_volumes_match_perfect_predictions(acdc_root):

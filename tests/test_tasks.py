@@ -80,3 +80,32 @@ def test_linear_mode_keeps_backbone_frozen(tmp_path):
         fresh.state_dict().items(), model.backbone.state_dict().items(), strict=True
     ):
         assert torch.equal(a, b), name
+
+
+def test_disease_features_from_a_file(tmp_path):
+    """``features=file`` takes each subject's features from a CSV (e.g. of predicted masks)."""
+    import csv
+
+    import numpy as np
+
+    from cmrfm.clinical.features import FEATURE_NAMES
+
+    path = tmp_path / "features.csv"
+    subjects = [f"phantom{i:02d}" for i in range(6)]
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["subject", *FEATURE_NAMES])
+        for i, subject in enumerate(subjects):
+            writer.writerow([subject, *[i + k / 100 for k in range(len(FEATURE_NAMES))]])
+    task = build_task("disease-cls", {"features": "file", "features_file": str(path)})
+    data = task.synthetic_data()
+    item = data.make_dataset(["phantom03"], False)[0]
+    assert np.allclose(item["features"], [3 + k / 100 for k in range(len(FEATURE_NAMES))])
+    path.write_text(path.read_text().rsplit("\n", 2)[0] + "\n")  # drop the last subject's row
+    with pytest.raises(CmrfmError, match=r"features\.csv.*no feature row for 1 subject"):
+        build_task("disease-cls", {"features": "file", "features_file": str(path)}).synthetic_data()
+    path.write_text("subject,log_lv_edv\nphantom00,1\n")
+    with pytest.raises(CmrfmError, match="missing column"):
+        build_task("disease-cls", {"features": "file", "features_file": str(path)}).synthetic_data()
+    with pytest.raises(CmrfmError, match="features_file"):
+        build_task("disease-cls", {"features": "file"}).synthetic_data()

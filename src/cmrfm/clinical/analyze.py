@@ -47,7 +47,7 @@ from scipy import ndimage
 from cmrfm import __version__
 from cmrfm.clinical.bundle import ModelBundle, SegPrediction
 from cmrfm.clinical.dicom_seg import write_dicom_seg
-from cmrfm.clinical.features import disease_features
+from cmrfm.clinical.features import FEATURE_NAMES, disease_features
 from cmrfm.clinical.function import (
     body_surface_area_m2,
     detect_ed_es,
@@ -735,6 +735,12 @@ def landmarks_and_orientation(run: SegRun, ed: int, bundle: ModelBundle) -> dict
     return out
 
 
+def shape_features(run: SegRun, ed: int, es: int) -> np.ndarray:
+    """The disease classifier's shape/function features of the predicted ED/ES masks (model grid)."""
+    pixel_mm, slice_mm = run.prepared.record.out_spacing, _slice_mm(run.series)
+    return disease_features(run.grid_labels[..., ed], run.grid_labels[..., es], pixel_mm, slice_mm)
+
+
 def classify_disease(
     run: SegRun, ed: int, es: int, bundle: ModelBundle, cache: PreparedCache, warnings: list[str]
 ) -> dict[str, Any]:
@@ -745,11 +751,7 @@ def classify_disease(
     loaded = bundle.models["disease-cls"]
     prepared = cache.get(run.series, loaded.preprocess, frames=[ed, es])
     images = np.concatenate([prepared.images[ed], prepared.images[es]])  # (2Z, H, W)
-    record = run.prepared.record
-    features = disease_features(
-        run.grid_labels[..., ed], run.grid_labels[..., es], record.out_spacing, _slice_mm(run.series)
-    )
-    probs, _ = bundle.classify_study("disease-cls", images, features)
+    probs, _ = bundle.classify_study("disease-cls", images, shape_features(run, ed, es))
     return {
         "label": str(loaded.classes[int(np.argmax(probs))]),
         "probabilities": {str(c): round(float(p), 4) for c, p in zip(loaded.classes, probs, strict=True)},
@@ -906,6 +908,10 @@ def analyze(study: Study, bundle: ModelBundle, options: AnalyzeOptions | None = 
             frames = sorted({ed, es})
             m["landmarks"] = landmarks_and_orientation(cine_run, ed, bundle)
             if ed != es:
+                features = shape_features(cine_run, ed, es)
+                m["shape_features"] = {
+                    name: round(float(v), 5) for name, v in zip(FEATURE_NAMES, features, strict=True)
+                }
                 m["diagnosis"] = classify_disease(cine_run, ed, es, bundle, cache, warnings)
             m["uncertainty"] = {"cine": cine_run.structure_uncertainty(frames)}
             ood_runs.append((cine_run, frames))

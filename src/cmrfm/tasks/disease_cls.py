@@ -1,22 +1,27 @@
 """``disease-cls``: NOR, MINF, DCM, HCM, ARV per patient from the ED and ES short-axis stacks (ACDC).
 
 Each item is one patient: the ED and ES slices (attention-pooled image embeddings) plus shape and
-function features computed from ED/ES segmentations (:mod:`cmrfm.clinical.features`). In training
-and cross-validation the features come from the manual labels (``features=labels``); study analysis
-computes them from predicted masks, and the benchmark reports both.
+function features computed from ED/ES segmentations (:mod:`cmrfm.clinical.features`). The features
+come from the manual labels (``features=labels``) or from a CSV (``features=file``), e.g. the
+features of out-of-fold *predicted* masks that ``benchmarks/analyze_acdc_cv.py`` writes: study
+analysis computes them from predicted masks, so a head trained on those sees at training time the
+errors it will meet (a segmentation that over-calls myocardial mass, say).
 """
 
 from __future__ import annotations
 
+import csv
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from cmrfm.clinical.features import FEATURE_NAMES, disease_features
 from cmrfm.constants import Group
+from cmrfm.errors import InputError
 from cmrfm.tasks.augment import AugmentConfig
 from cmrfm.tasks.base import TaskData, TaskInfo, register_task
 from cmrfm.tasks.items import ItemDataset, phantom_slice
@@ -33,16 +38,38 @@ class DiseaseConfig(ClassificationConfig):
     Attributes:
         root: ACDC training folder (default locations when empty).
         cache: A prepared ACDC cache (made on first use when empty).
-        features: ``labels`` (features from the manual ED/ES labels) or ``none`` (images only).
+        features: ``labels`` (from the manual ED/ES labels), ``file`` (rows of ``features_file``) or
+            ``none`` (images only).
+        features_file: CSV with a ``subject`` column and one column per feature name
+            (:data:`~cmrfm.clinical.features.FEATURE_NAMES`), used when ``features=file``.
         max_images: Slices per training item (random subset of the ED+ES slices).
         augment: Augmentation ranges.
     """
 
     root: str = ""
     cache: str = ""
-    features: Literal["labels", "none"] = "labels"
+    features: Literal["labels", "file", "none"] = "labels"
+    features_file: str = ""
     max_images: int = 8
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+def read_feature_table(path: Path) -> dict[str, np.ndarray]:
+    """Reads a per-subject feature CSV (``subject`` + :data:`FEATURE_NAMES` columns)."""
+    if not path.is_file():
+        raise InputError(path, "features=file needs task_options.features_file, an existing CSV")
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        absent = [n for n in ("subject", *FEATURE_NAMES) if n not in (reader.fieldnames or [])]
+        if absent:
+            raise InputError(path, f"missing column(s) {', '.join(absent)}")
+        rows = {}
+        for line, row in enumerate(reader, start=2):
+            try:
+                rows[row["subject"]] = np.array([float(row[n]) for n in FEATURE_NAMES], np.float32)
+            except ValueError as err:
+                raise InputError(path, f"line {line}: {err}") from None
+    return rows
 
 
 def _stack(rows: list[tuple[int, np.ndarray]]) -> np.ndarray:
@@ -63,6 +90,8 @@ class DiseaseCls(ClassificationTask):
         classes=GROUPS,
     )
     config_cls = DiseaseConfig
+    #: Subject -> feature vector read from ``features_file`` (``features=file``).
+    feature_rows: dict[str, np.ndarray] = {}  # noqa: RUF012 (replaced per instance, never mutated)
 
     @property
     def num_features(self) -> int:  # type: ignore[override]
@@ -78,13 +107,17 @@ class DiseaseCls(ClassificationTask):
             "label": GROUPS.index(group),
             "subject": subject,
         }
-        if self.num_features:
+        if self.config.features == "labels":
             ed, es = _stack(phases["ED"]["label"]), _stack(phases["ES"]["label"])
             item["features"] = disease_features(ed, es, pixel, dz)
+        elif self.config.features == "file":
+            item["features"] = self.feature_rows.get(subject)
         return item
 
     def load_data(self) -> TaskData:
         """One item per ACDC patient with ED and ES labelled stacks."""
+        if self.config.features == "file":
+            self.feature_rows = read_feature_table(Path(self.config.features_file))
         cache = prepared_cache("acdc", self.config.root, self.config.cache).filter(labelled=True)
         grouped: dict[str, dict[str, dict[str, list]]] = defaultdict(
             lambda: {"ED": {"image": [], "label": []}, "ES": {"image": [], "label": []}}
@@ -104,6 +137,16 @@ class DiseaseCls(ClassificationTask):
             for s in grouped
             if grouped[s]["ED"]["image"] and grouped[s]["ES"]["image"]
         }
+        return self._task_data(items, f"ACDC ED+ES stacks of {len(items)} patients")
+
+    def _task_data(self, items: dict[str, dict[str, Any]], description: str) -> TaskData:
+        """TaskData over per-subject items; checks that ``features=file`` covered every subject."""
+        missing = sorted(s for s, item in items.items() if "features" in item and item["features"] is None)
+        if missing:
+            raise InputError(
+                self.config.features_file,
+                f"no feature row for {len(missing)} subject(s), e.g. {', '.join(missing[:3])}",
+            )
         subjects = sorted(items)
 
         def make(ids: Sequence[str], train: bool) -> ItemDataset:
@@ -111,8 +154,7 @@ class DiseaseCls(ClassificationTask):
                 [items[s] for s in ids], train, self.config.augment, max_images=self.config.max_images
             )
 
-        strata = [GROUPS[items[s]["label"]] for s in subjects]
-        return TaskData(subjects, strata, make, f"ACDC ED+ES stacks of {len(subjects)} patients")
+        return TaskData(subjects, [GROUPS[items[s]["label"]] for s in subjects], make, description)
 
     def synthetic_data(self, num_subjects: int = 6, image_size: int = 32) -> TaskData:
         """Phantom patients whose LV size and wall follow their group (DCM large/thin, HCM thick)."""
@@ -124,7 +166,9 @@ class DiseaseCls(ClassificationTask):
             "HCM": (0.1, 0.14),
             "ARV": (0.15, 0.07),
         }
-        subjects, items = [], {}
+        if self.config.features == "file":
+            self.feature_rows = read_feature_table(Path(self.config.features_file))
+        items = {}
         for i in range(num_subjects):
             group = GROUPS[i % len(GROUPS)]
             subject = f"phantom{i:02d}"
@@ -140,12 +184,5 @@ class DiseaseCls(ClassificationTask):
                     )
                     phases[phase]["image"].append((z, s["image"]))
                     phases[phase]["label"].append((z, s["mask"]))
-            subjects.append(subject)
             items[subject] = self._item(subject, group, phases, 1.5, 8.0)
-
-        def make(ids: Sequence[str], train: bool) -> ItemDataset:
-            return ItemDataset(
-                [items[s] for s in ids], train, self.config.augment, max_images=self.config.max_images
-            )
-
-        return TaskData(subjects, [GROUPS[items[s]["label"]] for s in subjects], make, "synthetic phantom")
+        return self._task_data(items, "synthetic phantom")
