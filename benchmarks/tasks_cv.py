@@ -93,6 +93,7 @@ def main() -> None:
     command = (
         f"python benchmarks/tasks_cv.py --task {args.task} --steps {args.steps} "
         f"--batch-size {args.batch_size}{init_arg}{model_arg}"
+        + "".join(f" {o}" for o in args.overrides)
     )
     lines = [
         f"Machine: {platform.processor() or platform.machine()}, {cores} cores; "
