@@ -46,10 +46,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--label", default="", help="name of this variant in the RESULTS.md heading")
     parser.add_argument("overrides", nargs="*", help="FinetuneConfig key=value overrides")
     args = parser.parse_args()
 
-    label = "pretrained" if args.init else ("baseline" if args.model == "baseline" else "scratch")
+    default_label = "pretrained" if args.init else ("baseline" if args.model == "baseline" else "scratch")
+    label = args.label or default_label
     out = Path(args.out or f"runs/cv/{args.task}/{label}")
     base = build_config(FinetuneConfig, [], args.overrides)
     base = dataclasses.replace(
@@ -92,8 +94,7 @@ def main() -> None:
     model_arg = " --model baseline" if args.model == "baseline" else ""
     command = (
         f"python benchmarks/tasks_cv.py --task {args.task} --steps {args.steps} "
-        f"--batch-size {args.batch_size}{init_arg}{model_arg}"
-        + "".join(f" {o}" for o in args.overrides)
+        f"--batch-size {args.batch_size}{init_arg}{model_arg}" + "".join(f" {o}" for o in args.overrides)
     )
     lines = [
         f"Machine: {platform.processor() or platform.machine()}, {cores} cores; "
