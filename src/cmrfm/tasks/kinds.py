@@ -136,7 +136,10 @@ class SegmentationTask(Task):
         return rows
 
     def evaluate(self, model: TaskModel, dataset: Dataset, batch_size: int = 16) -> EvalResult:
-        """Dice/HD95/ASSD per structure on each rebuilt volume; means with bootstrap CIs over subjects."""
+        """Per rebuilt volume: Dice/HD95/ASSD, mL predicted/reference per structure, heart entropy.
+
+        Means over volumes, with bootstrap CIs over subjects for the primary metric.
+        """
         rows = self.predict_masks(model, dataset, batch_size)
         volumes: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for row in rows:
@@ -151,6 +154,10 @@ class SegmentationTask(Task):
             # items are (H, W) = (rows, columns): row spacing is y, column spacing is x
             scores = metrics.segmentation_scores(pred, ref, structures, (sy, sx, sz))
             scores["dice_mean"] = float(np.mean([scores[f"dice_{n}"] for n in structures.values()]))
+            voxel_ml = sx * sy * sz / 1000.0
+            for index, name in structures.items():
+                scores[f"ml_pred_{name}"] = float(np.count_nonzero(pred == index)) * voxel_ml
+                scores[f"ml_ref_{name}"] = float(np.count_nonzero(ref == index)) * voxel_ml
             entropy = np.stack([r["entropy"] for r in slices], axis=-1)  # (H, W, Z)
             heart_entropy = metrics.mean_heart_entropy(entropy, pred)
             scores["mean_entropy"] = float("nan") if heart_entropy is None else heart_entropy
