@@ -80,7 +80,9 @@ def main() -> None:
     write_csv(out / "per_subject_all_folds.csv", rows)
     primary = TASKS.get(args.task).info.metric
     skip = {"subject", "volume", "fold", "label", "pred"}
-    numeric = [k for k in rows[0] if k not in skip and not k.startswith("p_") and _is_number(rows[0][k])]
+    numeric = [
+        k for k in rows[0] if k not in skip and not k.startswith(("p_", "ml_")) and _is_number(rows[0][k])
+    ]
     summary = {}
     for key in numeric:
         values = np.array([float(r[key]) for r in rows], float)
