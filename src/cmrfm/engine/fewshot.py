@@ -65,9 +65,10 @@ def run_fewshot(cfg: FewshotConfig, progress: bool = True) -> list[dict[str, Any
         raise ConfigError("no task given: set base.task=<id>")
     primary = TASKS.get(cfg.base.task).info.metric
     rows: list[dict[str, Any]] = []
-    for method in cfg.methods:
-        for k in cfg.ks:
-            for seed in range(cfg.seeds):
+    # k outermost, methods innermost: a sweep stopped early still compares methods like for like
+    for k in cfg.ks:
+        for seed in range(cfg.seeds):
+            for method in cfg.methods:
                 run = _run_config(cfg, method, k, seed)
                 metrics_path = Path(run.out) / "metrics.json"
                 started = time.perf_counter()
