@@ -90,6 +90,8 @@ def main() -> None:
         summary[key] = (est, low, high)
     if TASKS.get(args.task).info.kind == "classification":
         summary.update(_classification_summary(rows, len(TASKS.get(args.task).info.classes)))
+    if "ml_pred_infarct" in rows[0]:
+        summary.update(_lesion_summary(rows))
     (out / "cv_summary.json").write_text(json.dumps(summary, indent=2))
     cores = len(os.sched_getaffinity(0))
     init_arg = f" --init {Path(args.init).name}" if args.init else ""
@@ -115,6 +117,31 @@ def main() -> None:
     print(body)
     if not args.no_write:
         update_section(f"Task CV: {args.task} ({label})", body)
+
+
+def _lesion_summary(rows: list[dict]) -> dict[str, tuple[float, float, float]]:
+    """Infarct Dice over infarct cases only, and infarct presence read off the segmentation.
+
+    Presence uses the rule study analysis applies without an ``lge-infarct`` head: predicted infarct
+    ≥ ``MIN_INFARCT_ML`` (on EMIDEC's nominal spacing, which its PNGs lack).
+    """
+    from cmrfm.clinical.analyze import MIN_INFARCT_ML
+
+    ref = np.array([float(r["ml_ref_infarct"]) > 0 for r in rows])
+    pred_ml = np.array([float(r["ml_pred_infarct"]) for r in rows])
+    out: dict[str, tuple[float, float, float]] = {}
+    lesion = np.array([float(r["dice_infarct"]) for r in rows])[ref]
+    if lesion.size:
+        out["dice_infarct (infarct cases)"] = metrics.mean_ci(lesion)
+    y, yhat = ref.astype(int), (pred_ml >= MIN_INFARCT_ML).astype(int)
+    out[f"infarct present accuracy (seg ≥ {MIN_INFARCT_ML} mL)"] = metrics.bootstrap_ci(
+        lambda idx: metrics.accuracy(y[idx], yhat[idx]), len(y)
+    )
+    if 0 < y.sum() < len(y):
+        out["infarct present AUROC (predicted mL)"] = metrics.bootstrap_ci(
+            lambda idx: metrics.auroc(y[idx], pred_ml[idx]), len(y)
+        )
+    return out
 
 
 def _is_number(value: str) -> bool:
