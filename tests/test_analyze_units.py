@@ -156,6 +156,28 @@ def test_ood_flags_implausible_geometry_without_models():
     assert out["flag"] and "pixel size" in out["reasons"][0] and not out["assessed"]
 
 
+def test_ood_compares_each_series_with_its_own_models_threshold():
+    """A cine run and an LGE run are each held to their own model card's calibrated threshold."""
+    from types import SimpleNamespace
+
+    from cmrfm.clinical.bundle import LoadedTask
+
+    def run(name: str, task: str, entropy: float):
+        series = SimpleNamespace(name=name)
+        return SimpleNamespace(task_id=task, series=series, mean_entropy=lambda frames: entropy), [0]
+
+    bundle = ModelBundle(folder=Path("."))
+    for task, card in (("sax-seg", {"ood": {"entropy_max": 0.7}}), ("lge-seg", {})):
+        bundle.models[task] = LoadedTask(task, None, card, Path(task), (), None)
+    out = ood_assessment([run("cine", "sax-seg", 0.6), run("lge", "lge-seg", 0.5)], [], bundle)
+    # 0.6 is within the cine model's 0.7; the LGE model has no calibration: generic default 0.35
+    assert out["flag"] and len(out["reasons"]) == 1 and out["reasons"][0].startswith("lge:")
+    assert [e["threshold_source"] for e in out["per_series"]] == ["model card", "default"]
+    assert out["mean_entropy"] == pytest.approx(0.55)
+    bundle.models["lge-seg"].card["ood"] = {"entropy_max": 0.6}
+    assert not ood_assessment([run("cine", "sax-seg", 0.6), run("lge", "lge-seg", 0.5)], [], bundle)["flag"]
+
+
 def test_unique_folder_suffixes(tmp_path):
     assert unique_folder(tmp_path, "a") == tmp_path / "a"
     (tmp_path / "a").mkdir()

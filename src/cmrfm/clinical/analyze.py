@@ -797,22 +797,40 @@ def lge_assessment(
 def ood_assessment(
     runs: list[tuple[SegRun, list[int]]], series: list[Series], bundle: ModelBundle
 ) -> dict[str, Any]:
-    """Out-of-distribution flag from predictive entropy, empty segmentations and implausible geometry."""
+    """Out-of-distribution flag from predictive entropy, empty segmentations and implausible geometry.
+
+    Each segmented series is compared with the threshold of the model that segmented it (its card's
+    ``ood.entropy_max``, else :data:`DEFAULT_ENTROPY_MAX`).
+    """
     reasons: list[str] = []
-    threshold, source = DEFAULT_ENTROPY_MAX, "default"
-    entropies = []
+    per_series = []
     for run, frames in runs:
         card_ood = bundle.models[run.task_id].card.get("ood") or {}
         if "entropy_max" in card_ood:
             threshold, source = float(card_ood["entropy_max"]), "model card"
+        else:
+            threshold, source = DEFAULT_ENTROPY_MAX, "default"
         value = run.mean_entropy(frames)
         if value is None:
             reasons.append(f"nothing segmented in {run.series.name}")
-        else:
-            entropies.append(value)
-    mean_entropy = float(np.mean(entropies)) if entropies else None
-    if mean_entropy is not None and mean_entropy > threshold:
-        reasons.append(f"mean predictive entropy {mean_entropy:.3f} above {threshold:.3f}")
+            continue
+        per_series.append(
+            {
+                "series": run.series.name,
+                "task": run.task_id,
+                "mean_entropy": _finite(value, 4),
+                "threshold": threshold,
+                "threshold_source": source,
+            }
+        )
+        if value > threshold:
+            reasons.append(
+                f"{run.series.name}: mean predictive entropy {value:.3f} "
+                f"above {threshold:.3f} ({run.task_id})"
+            )
+    values = [e["mean_entropy"] for e in per_series if e["mean_entropy"] is not None]
+    mean_entropy = float(np.mean(values)) if values else None
+    first = per_series[0] if per_series else {"threshold": DEFAULT_ENTROPY_MAX, "threshold_source": "default"}
     for s in series:
         if not s.spacing_known:
             continue
@@ -827,8 +845,9 @@ def ood_assessment(
         "flag": bool(reasons),
         "reasons": reasons,
         "mean_entropy": _finite(mean_entropy, 4),
-        "entropy_threshold": threshold,
-        "threshold_source": source,
+        "entropy_threshold": first["threshold"],
+        "threshold_source": first["threshold_source"],
+        "per_series": per_series,
         "assessed": bool(runs),
     }
 
