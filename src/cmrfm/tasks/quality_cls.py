@@ -24,21 +24,21 @@ import numpy as np
 
 from cmrfm.constants import Sequence as MRSequence
 from cmrfm.data.cache import PreparedCache
-from cmrfm.errors import InputError
 from cmrfm.tasks.augment import AugmentConfig
-from cmrfm.tasks.base import TaskData, TaskInfo, register_task
-from cmrfm.tasks.items import ItemDataset, phantom_slice
-from cmrfm.tasks.kinds import ClassificationConfig, ClassificationTask
-from cmrfm.tasks.mixed import ItemMaker, real_slices, spread, subject_factory
+from cmrfm.tasks.base import TaskInfo, register_task
+from cmrfm.tasks.items import phantom_slice
+from cmrfm.tasks.kinds import ClassificationConfig
+from cmrfm.tasks.mixed import ItemMaker, spread
+from cmrfm.tasks.mixed_cls import MixedSourceClassification, RealSource
 from cmrfm.tasks.motion_artefact import corrupt_motion
-from cmrfm.tasks.simcohort import SimSubject, sim_cohort
+from cmrfm.tasks.simcohort import SimSubject
 
 GRADES = (1, 2, 3)
 CLASSES = tuple(str(g) for g in GRADES)
 #: Sequences with motion artefacts in the simulator.
 MAGNITUDE_SEQUENCES = (str(MRSequence.CINE), str(MRSequence.LGE))
 #: Real datasets corrupted here: (adapter, manifest filter).
-REAL_SOURCES: tuple[tuple[str, dict[str, Any]], ...] = (("acdc", {"labelled": True}), ("emidec", {}))
+REAL_SOURCES = (RealSource("acdc", where={"labelled": True}), RealSource("emidec"))
 
 
 @dataclass
@@ -125,7 +125,7 @@ def cycled_grades(subject: str, count: int) -> list[int]:
 
 
 @register_task
-class QualityCls(ClassificationTask):
+class QualityCls(MixedSourceClassification):
     """CMRxMotion respiratory-artefact grade of a 2D image."""
 
     info = TaskInfo(
@@ -138,48 +138,31 @@ class QualityCls(ClassificationTask):
         classes=CLASSES,
     )
     config_cls = QualityClsConfig
+    real_sources = REAL_SOURCES
+    real_note = "corrupted"
 
-    def _dataset(self, makers: Sequence[ItemMaker], train: bool) -> ItemDataset:
-        return ItemDataset(makers, train, self.config.augment)
+    @property
+    def sim_count(self) -> int:
+        """Simulated slices per cine/LGE series."""
+        return self.config.sim_per_series
 
-    def load_data(self) -> TaskData:
-        """Simulated graded slices plus corrupted real slices, stratified by source."""
-        cfg = self.config
-        makers: dict[str, list[ItemMaker]] = {}
-        strata: dict[str, str] = {}
-        notes = []
-        roots = {"acdc": cfg.acdc_root, "emidec": cfg.emidec_root}
-        for name, where in REAL_SOURCES if cfg.real else ():
-            try:
-                cache, picks = real_slices(
-                    name, roots[name], "", cfg.image_size, cfg.real_per_subject, **where
-                )
-            except InputError as err:
-                notes.append(f"{name} skipped ({err.reason})")
-                continue
-            for study, positions in picks.items():
-                grades = cycled_grades(study, len(positions))
-                makers[study] = [
-                    functools.partial(_real_item, cache, p, g, study, cfg.corrupt_seed)
-                    for p, g in zip(positions, grades, strict=True)
-                ]
-                strata[study] = name
-            notes.append(f"{name} corrupted: {len(picks)} subjects, {sum(map(len, picks.values()))} slices")
-        cohort = sim_cohort(cfg.sim_subjects, cfg.sim_seed, cfg.sim_frames, cfg.image_size)
-        sim = sim_quality_makers(cohort, cfg.sim_per_series)
-        makers.update(sim)
-        strata.update({s: "simulator" for s in sim})
-        notes.append(f"simulator: {len(sim)} subjects, {sum(len(v) for v in sim.values())} slices")
-        subjects = sorted(makers)
-        return TaskData(
-            subjects, [strata[s] for s in subjects], subject_factory(makers, self._dataset), "; ".join(notes)
-        )
+    def real_study_makers(
+        self, source: str, cache: PreparedCache, study: str, positions: list[int]
+    ) -> list[ItemMaker]:
+        """The patient's slices, corrupted to grades 1, 2, 3 in turn."""
+        grades = cycled_grades(study, len(positions))
+        seed = self.config.corrupt_seed
+        pairs = zip(positions, grades, strict=True)
+        return [functools.partial(_real_item, cache, p, g, study, seed) for p, g in pairs]
 
-    def synthetic_data(self, num_subjects: int = 4, image_size: int = 32) -> TaskData:
-        """Tiny simulated cohort slices plus phantom slices corrupted to each grade."""
-        cohort = sim_cohort(num_subjects, 0, 3, image_size, synthetic=True)
-        makers = sim_quality_makers(cohort, 1)
+    def sim_makers(self, cohort: Sequence[SimSubject], count: int) -> dict[str, list[ItemMaker]]:
+        """Up to ``count`` slices of each cine/LGE series per simulated subject, graded by the simulator."""
+        return sim_quality_makers(cohort, count)
+
+    def synthetic_extra(self, num_subjects: int, image_size: int) -> dict[str, list[ItemMaker]]:
+        """Phantom slices corrupted to each grade (real anatomy stands in for the real datasets)."""
         rng = np.random.default_rng(0)
+        makers: dict[str, list[ItemMaker]] = {}
         for i in range(num_subjects):
             subject = f"phantom{i:02d}"
             slices = [phantom_slice(rng, image_size) for _ in GRADES]
@@ -187,6 +170,4 @@ class QualityCls(ClassificationTask):
                 functools.partial(corrupted_item, s["image"], s["mask"], g, 1.5, subject, 0, j)
                 for j, (s, g) in enumerate(zip(slices, cycled_grades(subject, len(slices)), strict=True))
             ]
-        subjects = sorted(makers)
-        strata = ["simulator" if s.startswith("sim") else "phantom" for s in subjects]
-        return TaskData(subjects, strata, subject_factory(makers, self._dataset), "tiny simulator + phantom")
+        return makers

@@ -16,21 +16,20 @@ from typing import Any
 
 from cmrfm.constants import Sequence as MRSequence
 from cmrfm.data.cache import PreparedCache
-from cmrfm.errors import InputError
 from cmrfm.tasks.augment import AugmentConfig
-from cmrfm.tasks.base import TaskData, TaskInfo, register_task
-from cmrfm.tasks.items import ItemDataset
-from cmrfm.tasks.kinds import ClassificationConfig, ClassificationTask
-from cmrfm.tasks.mixed import ItemMaker, real_slices, spread, subject_factory
-from cmrfm.tasks.simcohort import SimSubject, sim_cohort
+from cmrfm.tasks.base import TaskInfo, register_task
+from cmrfm.tasks.kinds import ClassificationConfig
+from cmrfm.tasks.mixed import ItemMaker, spread
+from cmrfm.tasks.mixed_cls import MixedSourceClassification, RealSource
+from cmrfm.tasks.simcohort import SimSubject
 
 SEQUENCES = (MRSequence.CINE, MRSequence.LGE, MRSequence.T1_MAP, MRSequence.T2_MAP)
 CLASSES = tuple(str(s) for s in SEQUENCES)
 #: Real datasets: (adapter, extra prepare settings, manifest filter).
-REAL_SOURCES: tuple[tuple[str, tuple[str, ...], dict[str, Any]], ...] = (
-    ("acdc", (), {"labelled": True}),
-    ("sunnybrook", ("all_frames=true",), {}),
-    ("emidec", (), {}),
+REAL_SOURCES = (
+    RealSource("acdc", where={"labelled": True}),
+    RealSource("sunnybrook", extra=("all_frames=true",)),
+    RealSource("emidec"),
 )
 
 
@@ -84,7 +83,7 @@ def sim_sequence_makers(cohort: Sequence[SimSubject], per_sequence: int) -> dict
 
 
 @register_task
-class SequenceCls(ClassificationTask):
+class SequenceCls(MixedSourceClassification):
     """Sequence of a 2D image: cine, LGE, T1 map or T2 map."""
 
     info = TaskInfo(
@@ -97,58 +96,25 @@ class SequenceCls(ClassificationTask):
         classes=CLASSES,
     )
     config_cls = SequenceClsConfig
+    real_sources = REAL_SOURCES
+    synthetic_sim_count = 2
 
-    def _dataset(self, makers: Sequence[ItemMaker], train: bool) -> ItemDataset:
-        return ItemDataset(makers, train, self.config.augment)
+    @property
+    def sim_count(self) -> int:
+        """Simulated slices per subject and sequence."""
+        return self.config.sim_per_sequence
 
-    def _real(self) -> tuple[dict[str, list[ItemMaker]], dict[str, str], list[str]]:
-        cfg = self.config
-        roots = {"acdc": cfg.acdc_root, "sunnybrook": cfg.sunnybrook_root, "emidec": cfg.emidec_root}
-        makers: dict[str, list[ItemMaker]] = {}
-        strata: dict[str, str] = {}
-        notes = []
-        for name, extra, where in REAL_SOURCES:
-            try:
-                cache, picks = real_slices(
-                    name, roots[name], "", cfg.image_size, cfg.real_per_subject, extra, **where
-                )
-            except InputError as err:
-                notes.append(f"{name} skipped ({err.reason})")
-                continue
-            count = 0
-            for study, positions in picks.items():
-                for pos in positions:
-                    sequence = cache.rows[pos]["sequence"]
-                    if sequence not in CLASSES:
-                        continue
-                    label = CLASSES.index(sequence)
-                    makers.setdefault(study, []).append(
-                        functools.partial(_real_item, cache, pos, label, study)
-                    )
-                    count += 1
-                strata[study] = name
-            notes.append(f"{name}: {len(picks)} subjects, {count} slices")
-        return makers, strata, notes
+    def real_study_makers(
+        self, source: str, cache: PreparedCache, study: str, positions: list[int]
+    ) -> list[ItemMaker]:
+        """The patient's slices labelled with their sequence (slices of other sequences skipped)."""
+        makers: list[ItemMaker] = []
+        for pos in positions:
+            sequence = cache.rows[pos]["sequence"]
+            if sequence in CLASSES:
+                makers.append(functools.partial(_real_item, cache, pos, CLASSES.index(sequence), study))
+        return makers
 
-    def load_data(self) -> TaskData:
-        """Real slices (where found) plus the simulated cohort, stratified by source."""
-        cfg = self.config
-        makers, strata, notes = self._real() if cfg.real else ({}, {}, [])
-        cohort = sim_cohort(cfg.sim_subjects, cfg.sim_seed, cfg.sim_frames, cfg.image_size)
-        sim = sim_sequence_makers(cohort, cfg.sim_per_sequence)
-        makers.update(sim)
-        strata.update({s: "simulator" for s in sim})
-        notes.append(f"simulator: {len(sim)} subjects, {sum(len(v) for v in sim.values())} slices")
-        subjects = sorted(makers)
-        return TaskData(
-            subjects, [strata[s] for s in subjects], subject_factory(makers, self._dataset), "; ".join(notes)
-        )
-
-    def synthetic_data(self, num_subjects: int = 4, image_size: int = 32) -> TaskData:
-        """The tiny simulated cohort (all four sequences per subject)."""
-        cohort = sim_cohort(num_subjects, 0, 3, image_size, synthetic=True)
-        makers = sim_sequence_makers(cohort, 2)
-        subjects = sorted(makers)
-        return TaskData(
-            subjects, ["simulator"] * len(subjects), subject_factory(makers, self._dataset), "tiny simulator"
-        )
+    def sim_makers(self, cohort: Sequence[SimSubject], count: int) -> dict[str, list[ItemMaker]]:
+        """Up to ``count`` slices of each sequence per simulated subject."""
+        return sim_sequence_makers(cohort, count)

@@ -15,20 +15,19 @@ from typing import Any
 from cmrfm.constants import Sequence as MRSequence
 from cmrfm.constants import View
 from cmrfm.data.cache import PreparedCache
-from cmrfm.errors import InputError
 from cmrfm.tasks.augment import AugmentConfig
-from cmrfm.tasks.base import TaskData, TaskInfo, register_task
-from cmrfm.tasks.items import ItemDataset
-from cmrfm.tasks.kinds import ClassificationConfig, ClassificationTask
-from cmrfm.tasks.mixed import ItemMaker, real_slices, spread, subject_factory
-from cmrfm.tasks.simcohort import SimSubject, sim_cohort
+from cmrfm.tasks.base import TaskInfo, register_task
+from cmrfm.tasks.kinds import ClassificationConfig
+from cmrfm.tasks.mixed import ItemMaker, spread
+from cmrfm.tasks.mixed_cls import MixedSourceClassification, RealSource
+from cmrfm.tasks.simcohort import SimSubject
 
 VIEWS = (View.SAX, View.TWO_CH, View.THREE_CH, View.FOUR_CH)
 CLASSES = tuple(str(v) for v in VIEWS)
 #: Real SAX cine datasets: (adapter, extra prepare settings, manifest filter).
-REAL_SOURCES: tuple[tuple[str, tuple[str, ...], dict[str, Any]], ...] = (
-    ("acdc", (), {"labelled": True}),
-    ("sunnybrook", ("all_frames=true",), {}),
+REAL_SOURCES = (
+    RealSource("acdc", where={"labelled": True}),
+    RealSource("sunnybrook", extra=("all_frames=true",)),
 )
 
 
@@ -83,7 +82,7 @@ def sim_view_makers(cohort: Sequence[SimSubject], sax_per_subject: int) -> dict[
 
 
 @register_task
-class ViewCls(ClassificationTask):
+class ViewCls(MixedSourceClassification):
     """Cine view of a 2D image: SAX, 2CH, 3CH or 4CH."""
 
     info = TaskInfo(
@@ -96,44 +95,20 @@ class ViewCls(ClassificationTask):
         classes=CLASSES,
     )
     config_cls = ViewClsConfig
+    real_sources = REAL_SOURCES
+    real_note = "SAX"
 
-    def _dataset(self, makers: Sequence[ItemMaker], train: bool) -> ItemDataset:
-        return ItemDataset(makers, train, self.config.augment)
+    @property
+    def sim_count(self) -> int:
+        """Simulated SAX cine slices per subject."""
+        return self.config.sim_sax_per_subject
 
-    def load_data(self) -> TaskData:
-        """Simulated cine of all views plus real SAX cine where found, stratified by source."""
-        cfg = self.config
-        makers: dict[str, list[ItemMaker]] = {}
-        strata: dict[str, str] = {}
-        notes = []
-        roots = {"acdc": cfg.acdc_root, "sunnybrook": cfg.sunnybrook_root}
-        for name, extra, where in REAL_SOURCES if cfg.real else ():
-            try:
-                cache, picks = real_slices(
-                    name, roots[name], "", cfg.image_size, cfg.real_per_subject, extra, **where
-                )
-            except InputError as err:
-                notes.append(f"{name} skipped ({err.reason})")
-                continue
-            for study, positions in picks.items():
-                makers[study] = [functools.partial(_real_item, cache, p, study) for p in positions]
-                strata[study] = name
-            notes.append(f"{name} SAX: {len(picks)} subjects, {sum(map(len, picks.values()))} slices")
-        cohort = sim_cohort(cfg.sim_subjects, cfg.sim_seed, cfg.sim_frames, cfg.image_size)
-        sim = sim_view_makers(cohort, cfg.sim_sax_per_subject)
-        makers.update(sim)
-        strata.update({s: "simulator" for s in sim})
-        notes.append(f"simulator: {len(sim)} subjects, {sum(len(v) for v in sim.values())} slices")
-        subjects = sorted(makers)
-        return TaskData(
-            subjects, [strata[s] for s in subjects], subject_factory(makers, self._dataset), "; ".join(notes)
-        )
+    def real_study_makers(
+        self, source: str, cache: PreparedCache, study: str, positions: list[int]
+    ) -> list[ItemMaker]:
+        """The patient's picked slices, all SAX."""
+        return [functools.partial(_real_item, cache, p, study) for p in positions]
 
-    def synthetic_data(self, num_subjects: int = 4, image_size: int = 32) -> TaskData:
-        """The tiny simulated cohort (every view per subject)."""
-        cohort = sim_cohort(num_subjects, 0, 3, image_size, synthetic=True)
-        makers = sim_view_makers(cohort, 1)
-        subjects = sorted(makers)
-        return TaskData(
-            subjects, ["simulator"] * len(subjects), subject_factory(makers, self._dataset), "tiny simulator"
-        )
+    def sim_makers(self, cohort: Sequence[SimSubject], count: int) -> dict[str, list[ItemMaker]]:
+        """Cine slices of every view per simulated subject (SAX thinned to ``count``)."""
+        return sim_view_makers(cohort, count)
