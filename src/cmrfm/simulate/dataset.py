@@ -14,15 +14,14 @@ from cmrfm.constants import Sequence, View
 from cmrfm.errors import ConfigError
 from cmrfm.simulate.anatomy import Phantom
 from cmrfm.simulate.config import SIM_GROUPS, SIM_SEQUENCES, SIM_VIEWS, SimConfig, validate_config
-from cmrfm.simulate.contrast import signal_table
 from cmrfm.simulate.generator import (
     DIASTOLE_T,
     STREAM_IMAGING,
     STREAM_SERIES,
     _breath_hold_offsets,
-    _grade,
     _rng,
     _setup,
+    acquire_series,
     subject_params,
 )
 from cmrfm.simulate.groundtruth import (
@@ -35,8 +34,6 @@ from cmrfm.simulate.groundtruth import (
 from cmrfm.simulate.kspace import coil_sensitivities, undersampled_kspace
 from cmrfm.simulate.motion import es_frame
 from cmrfm.simulate.planes import lax_plane, sax_stack
-from cmrfm.simulate.render import acquire
-from cmrfm.simulate.tissue import label_lookup
 
 #: Landmark slots in items (SAX uses the first two).
 MAX_LANDMARKS = 3
@@ -193,24 +190,8 @@ class SimulatedSliceDataset(torch.utils.data.IterableDataset):
             frame = int(rng.integers(config.n_frames)) if sequence == Sequence.CINE else 0
             t = frame / config.n_frames if sequence == Sequence.CINE else DIASTOLE_T
             shift = _breath_hold_offsets(1, config.artefact.misalignment_mm, rng)
-            table = signal_table(sequence, setup.field_strength, rng, setup.rr_ms, im.map_noise)
-            grade = _grade(config, rng)
-            acq = acquire(
-                phantom,
-                [plane],
-                np.array([t]),
-                table,
-                label_lookup(view != View.SAX, sequence == Sequence.LGE),
-                shift,
-                rng,
-                supersample=im.supersample,
-                depth_samples=im.depth_samples,
-                snr=float(rng.uniform(*im.snr)),
-                coil_shading=im.coil_shading,
-                n_coils=im.n_coils,
-                grade=grade,
-                motion_levels=config.artefact.motion_levels,
-                rr_ms=setup.rr_ms,
+            acq, _, grade = acquire_series(
+                config, setup, phantom, [plane], np.array([t]), sequence, view, shift, rng
             )
             image = acq.image[:, :, 0, 0]
             marks = (

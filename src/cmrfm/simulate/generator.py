@@ -88,6 +88,46 @@ def _grade(config: SimConfig, rng: np.random.Generator) -> int:
     return int(rng.choice(3, p=probs / probs.sum())) + 1
 
 
+def acquire_series(
+    config: SimConfig,
+    setup: SubjectSetup,
+    phantom: Phantom,
+    planes: list[Plane],
+    t_fracs: np.ndarray,
+    sequence: Sequence,
+    view: View,
+    shifts: np.ndarray,
+    rng: np.random.Generator,
+):
+    """Contrast, motion grade and acquisition of one series (the one place both generators call).
+
+    Draws the sequence's signal table and the artefact grade from ``rng``, then renders ``planes``
+    at the cardiac phases ``t_fracs`` with the subject's scanner settings. Returns the
+    :func:`~cmrfm.simulate.render.acquire` result, the signal table and the grade.
+    """
+    im = config.imaging
+    table = signal_table(sequence, setup.field_strength, rng, setup.rr_ms, im.map_noise)
+    grade = _grade(config, rng)
+    acq = acquire(
+        phantom,
+        planes,
+        t_fracs,
+        table,
+        label_lookup(view != View.SAX, sequence == Sequence.LGE),
+        shifts,
+        rng,
+        supersample=im.supersample,
+        depth_samples=im.depth_samples,
+        snr=float(rng.uniform(*im.snr)),
+        coil_shading=im.coil_shading,
+        n_coils=im.n_coils,
+        grade=grade,
+        motion_levels=config.artefact.motion_levels,
+        rr_ms=setup.rr_ms,
+    )
+    return acq, table, grade
+
+
 def _breath_hold_offsets(n: int, sigma: float, rng: np.random.Generator) -> np.ndarray:
     """Per-slice anatomy offsets ``(n, 3)`` between breath-holds (mostly along the respiratory axis)."""
     along = rng.normal(0, sigma, n)[:, None] * RESPIRATORY_DIRECTION[None]
@@ -171,7 +211,6 @@ def simulate_study(
         raise ConfigError(f"subject must be SubjectParams or an int seed, got {type(subject).__name__}")
     phantom = Phantom(params, config.es_fraction)
     setup = _setup(config, params, _rng(seed, STREAM_IMAGING))
-    im = config.imaging
     es = es_frame(config.n_frames, config.es_fraction)
     cine_t = frame_fractions(config.n_frames)
     series: list[Series] = []
@@ -207,25 +246,7 @@ def simulate_study(
                 )
             ]
             shifts = _breath_hold_offsets(1, config.artefact.misalignment_mm, rng)
-        table = signal_table(sequence, setup.field_strength, rng, setup.rr_ms, im.map_noise)
-        grade = _grade(config, rng)
-        acq = acquire(
-            phantom,
-            planes,
-            t_fracs,
-            table,
-            label_lookup(view != View.SAX, sequence == Sequence.LGE),
-            shifts,
-            rng,
-            supersample=im.supersample,
-            depth_samples=im.depth_samples,
-            snr=float(rng.uniform(*im.snr)),
-            coil_shading=im.coil_shading,
-            n_coils=im.n_coils,
-            grade=grade,
-            motion_levels=config.artefact.motion_levels,
-            rr_ms=setup.rr_ms,
-        )
+        acq, table, _ = acquire_series(config, setup, phantom, planes, t_fracs, sequence, view, shifts, rng)
         times = t_fracs * setup.rr_ms
         metadata = {
             "vendor": "simulator",
