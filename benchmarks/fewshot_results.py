@@ -1,0 +1,112 @@
+"""A few-shot sweep's label-efficiency table and plot, as a section of benchmarks/RESULTS.md.
+
+Reads the ``fewshot.csv`` that ``cmrfm fewshot`` writes (one row per run: method, k, seed, primary
+metric, budget, seconds), prints mean ± sd over seeds per method and k, the paired difference
+pretrained − scratch per seed, and draws the label-efficiency plot into ``benchmarks/images/``::
+
+    cmrfm fewshot --task sax-seg --k 1,2,5,10 --seeds 3 --init weights/cmrfm_vit_tiny_mae.safetensors \\
+        --out runs/fewshot/sax-seg steps=100 batch_size=8 fold=0
+    python benchmarks/fewshot_results.py runs/fewshot/sax-seg --write
+
+A sweep stopped early (runs are ordered k, seed, method) is summarised over the runs it finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import platform
+from collections import defaultdict
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from results import update_section
+
+from cmrfm.engine.fewshot import plot_curves
+
+IMAGES = Path(__file__).resolve().parent / "images"
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """The sweep's rows."""
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def summarise(rows: list[dict[str, str]]) -> tuple[list[str], list[str], dict[tuple[str, str], list[float]]]:
+    """Methods, ks (in sweep order) and the metric values per (method, k)."""
+    values: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for row in rows:
+        values[(row["method"], row["k"])].append(float(row["value"]))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    ks = list(dict.fromkeys(r["k"] for r in rows))
+    return methods, ks, values
+
+
+def paired_gain(rows: list[dict[str, str]], k: str, a: str = "pretrained", b: str = "scratch") -> list[float]:
+    """Per seed, ``a`` minus ``b`` at ``k`` (seeds where both finished)."""
+    by = {(r["method"], r["seed"]): float(r["value"]) for r in rows if r["k"] == k}
+    seeds = sorted({s for (_, s) in by})
+    return [by[(a, s)] - by[(b, s)] for s in seeds if (a, s) in by and (b, s) in by]
+
+
+def section(rows: list[dict[str, str]], sweep: Path, plot_name: str) -> str:
+    """The markdown body: budget, table, paired gains, plot."""
+    methods, ks, values = summarise(rows)
+    first = rows[0]
+    minutes = sum(float(r["seconds"]) for r in rows) / 60
+    lines = [
+        f"Machine: {platform.processor() or platform.machine()}; date {datetime.now(UTC):%Y-%m-%d}. "
+        f"Sweep folder `{sweep.name}`, {len(rows)} runs, {minutes:.0f} min in all (wall time on a "
+        "shared 2-core machine).",
+        f"Budget of every run: {first['steps']} steps × batch {first['batch_size']} at "
+        f"{first['image_size']} px; k labelled training subjects drawn (nested, stratified) from the "
+        f"training part of fold {first['fold']}, evaluated on that fold's held-out subjects; "
+        f"metric `{first['metric']}` (mean ± sd over seeds, n = seeds finished).",
+        "",
+        "| method | " + " | ".join(f"k = {k}" for k in ks) + " |",
+        "|---|" + "---|" * len(ks),
+    ]
+    for method in methods:
+        cells = []
+        for k in ks:
+            v = values.get((method, k), [])
+            cells.append(f"{np.mean(v):.3f} ± {np.std(v):.3f} (n={len(v)})" if v else "–")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    if {"pretrained", "scratch"} <= set(methods):
+        gains = []
+        for k in ks:
+            g = paired_gain(rows, k)
+            if g:
+                wins = sum(x > 0 for x in g)
+                gains.append(f"k = {k}: {np.mean(g):+.3f} ({wins}/{len(g)} seeds better)")
+        lines += ["", "Pretrained − scratch, paired by seed: " + "; ".join(gains) + "."]
+    lines += ["", f"![label efficiency](images/{plot_name})"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("sweep", type=Path, help="folder holding fewshot.csv (and fewshot.png)")
+    parser.add_argument("--write", action="store_true", help="rewrite this task's RESULTS.md section")
+    args = parser.parse_args(argv)
+    rows = read_rows(args.sweep / "fewshot.csv")
+    if not rows:
+        raise SystemExit(f"{args.sweep / 'fewshot.csv'}: no finished runs")
+    task = rows[0]["task"]
+    plot_name = f"fewshot_{task}.png"
+    body = section(rows, args.sweep, plot_name)
+    print(body)
+    if args.write:
+        IMAGES.mkdir(exist_ok=True)
+        numeric = [{**r, "value": float(r["value"])} for r in rows]
+        plot_curves(numeric, IMAGES / plot_name, rows[0]["metric"], task)  # also for a partial sweep
+        update_section(f"Few-shot label efficiency: {task} (`cmrfm fewshot`)", body)
+    return body
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""Summaries of the benchmark scripts (tasks_cv, fewshot_results) checked against hand-computed cases."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _script(name: str = "tasks_cv"):
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))  # the scripts import their sibling results.py
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_lesion_summary_hand_computed():
+    rows = [  # two infarct cases (one found, one missed), two normal cases (one false alarm < 1 mL)
+        {"ml_ref_infarct": "2", "ml_pred_infarct": "3", "dice_infarct": "0.7"},
+        {"ml_ref_infarct": "0", "ml_pred_infarct": "0.5", "dice_infarct": "1.0"},
+        {"ml_ref_infarct": "5", "ml_pred_infarct": "0.2", "dice_infarct": "0.0"},
+        {"ml_ref_infarct": "0", "ml_pred_infarct": "0", "dice_infarct": "1.0"},
+    ]
+    summary = _script()._lesion_summary(rows)
+    assert summary["dice_infarct (infarct cases)"][0] == pytest.approx(0.35)  # normals excluded
+    assert summary["infarct present accuracy (seg ≥ 1.0 mL)"][0] == pytest.approx(0.75)
+    # positive scores {3, 0.2} vs negative {0.5, 0}: 3 of 4 pairs ordered right
+    assert summary["infarct present AUROC (predicted mL)"][0] == pytest.approx(0.75)
+
+
+def test_fewshot_summary_pairs_seeds_and_tolerates_a_partial_sweep():
+    rows = []
+    for seed in range(3):
+        for method, value in (("pretrained", 0.6 + 0.01 * seed), ("scratch", 0.5), ("baseline", 0.55)):
+            rows.append({"method": method, "k": "1", "seed": str(seed), "value": str(value)})
+    rows = rows[:-2]  # the sweep stopped before seed 2's scratch and baseline runs
+    script = _script("fewshot_results")
+    methods, ks, values = script.summarise(rows)
+    assert methods == ["pretrained", "scratch", "baseline"] and ks == ["1"]
+    assert len(values[("pretrained", "1")]) == 3 and len(values[("scratch", "1")]) == 2
+    assert script.paired_gain(rows, "1") == pytest.approx([0.1, 0.11])  # seed 2 has no pair
