@@ -43,6 +43,7 @@ from cmrfm.clinical.analyze import AnalyzeOptions, analyze_path
 from cmrfm.clinical.bundle import ModelBundle
 from cmrfm.clinical.features import FEATURE_NAMES
 from cmrfm.clinical.function import slice_spacing_mm, ventricular_function
+from cmrfm.clinical.geometry import rv_insertion_points
 from cmrfm.constants import Label
 from cmrfm.data.adapters.acdc import INFO_FILE, AcdcAdapter, read_info
 from cmrfm.errors import InputError
@@ -153,6 +154,13 @@ def evaluate_patient(patient_dir: Path, bundle: ModelBundle, work: Path) -> dict
     row["ed_es_correct"] = bool(
         m.get("ed_frame") is not None and order[m["ed_frame"]] == ed_no and order[m["es_frame"]] == es_no
     )
+    marks = m.get("landmarks") or {}
+    if marks.get("available"):
+        frame_no = order[int(marks["frame"])]
+        reference_mask = ref["ED"] if frame_no == ed_no else ref["ES"]
+        row["rv_insertion_error_mm"] = rv_insertion_error_mm(marks, reference_mask, sx, sy)
+    else:
+        row["rv_insertion_error_mm"] = float("nan")
     row["analysis_lv_ef_pct"] = m.get("lv_ef_pct")
     row["shape_features"] = m.get("shape_features")
     ood = m.get("ood") or {}
@@ -196,6 +204,28 @@ def bland_altman(rows: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
+def rv_insertion_error_mm(
+    landmarks: dict[str, Any], reference_mask: np.ndarray, sx: float, sy: float
+) -> float:
+    """Mean distance (mm) of the analysis' two RV insertion points to those of the manual labels.
+
+    ``reference_mask`` is the manual ``(X, Y, Z)`` mask of the frame the analysis took them from;
+    its points are read off the same slice with the same
+    :func:`~cmrfm.clinical.geometry.rv_insertion_points` and matched to the analysis' in the better
+    of the two pairings. NaN when either side has no clear RV-LV junction there.
+    """
+    if not landmarks.get("available"):
+        return float("nan")
+    points = np.asarray(landmarks["rv_insertion_points_px"], float)  # (2, 2) (x, y) source px
+    reference = rv_insertion_points(reference_mask[..., int(landmarks["slice"])].T)
+    if reference is None:
+        return float("nan")
+    scale = np.array([sx, sy])
+    straight = np.linalg.norm((points - reference) * scale, axis=1).mean()
+    swapped = np.linalg.norm((points - reference[::-1]) * scale, axis=1).mean()
+    return float(min(straight, swapped))
+
+
 def write_feature_table(features: dict[str, dict[str, float] | None], path: Path) -> Path:
     """The disease classifier's features of each patient's out-of-fold predicted masks, as a CSV.
 
@@ -224,6 +254,11 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, float]:
         out[f"{key}_mae"] = float(np.nanmean(np.abs(errors)))
         out[f"{key}_bias"] = float(np.nanmean(errors))
     out["ed_es_correct_pct"] = 100.0 * float(np.mean([r["ed_es_correct"] for r in rows]))
+    rv_points = np.array([r.get("rv_insertion_error_mm", np.nan) for r in rows], float)
+    if np.isfinite(rv_points).any():
+        out["rv_insertion_error_mm_mean"] = float(np.nanmean(rv_points))
+        out["rv_insertion_error_mm_median"] = float(np.nanmedian(rv_points))
+        out["rv_insertion_measured"] = float(np.isfinite(rv_points).sum())
     entropy = np.array([r.get("mean_entropy") for r in rows], float)
     if np.isfinite(entropy).any():
         for name, fn in (("min", np.nanmin), ("median", np.nanmedian), ("max", np.nanmax)):
@@ -296,6 +331,14 @@ def _section(summary: dict[str, float], cards: dict[int, dict], cv: Path, n: int
         f"LVESV {summary['lv_esv_ml_bias']:+.1f} (MAE {summary['lv_esv_ml_mae']:.1f}), "
         f"LV mass {summary['lv_mass_g_bias']:+.1f} g (MAE {summary['lv_mass_g_mae']:.1f}); "
         f"ED/ES chosen correctly in {summary['ed_es_correct_pct']:.0f} %."
+        + (
+            f" RV insertion points (read off the predicted ED mask at the mid-ventricular slice) lie "
+            f"{summary['rv_insertion_error_mm_mean']:.1f} mm on average (median "
+            f"{summary['rv_insertion_error_mm_median']:.1f}) from those of the manual labels "
+            f"({summary['rv_insertion_measured']:.0f} patients with a clear junction on both)."
+            if "rv_insertion_error_mm_mean" in summary
+            else ""
+        )
         + (
             f" Mean predictive entropy over the heart (the OOD statistic) on these in-distribution "
             f"studies: {summary['mean_entropy_min']:.3f}-{summary['mean_entropy_max']:.3f} "

@@ -83,3 +83,19 @@ def test_reference_volumes_match_perfect_predictions(acdc_root):
     mask = next(iter(labels.values()))
     assert script.dice(mask == 1, mask == 1) == 1.0
     assert script.dice(mask == 1, np.zeros_like(mask, bool)) == 0.0
+
+
+def test_rv_insertion_error_is_pairing_free_and_in_mm(acdc_root):
+    from cmrfm.clinical.geometry import rv_insertion_points
+    from cmrfm.data.adapters.acdc import AcdcAdapter
+
+    script = _script()
+    study = AcdcAdapter.load_study(acdc_root / "patient001", with_labels=True)
+    mask = next(iter(study.series[0].labels.values()))
+    z = mask.shape[2] // 2
+    points = rv_insertion_points(mask[..., z].T)
+    marks = {"available": True, "slice": z, "rv_insertion_points_px": points[::-1].tolist()}
+    assert script.rv_insertion_error_mm(marks, mask, 1.5, 1.5) == 0.0  # order does not matter
+    marks["rv_insertion_points_px"] = (points + np.array([[2.0, 0.0], [0.0, 2.0]])).tolist()
+    assert script.rv_insertion_error_mm(marks, mask, 1.5, 1.5) == pytest.approx(3.0)  # 2 px × 1.5 mm
+    assert np.isnan(script.rv_insertion_error_mm({"available": False}, mask, 1.5, 1.5))
