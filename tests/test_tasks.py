@@ -109,3 +109,34 @@ def test_disease_features_from_a_file(tmp_path):
         build_task("disease-cls", {"features": "file", "features_file": str(path)}).synthetic_data()
     with pytest.raises(CmrfmError, match="features_file"):
         build_task("disease-cls", {"features": "file"}).synthetic_data()
+
+
+def test_chain_items_reads_parts_as_one_sequence():
+    from cmrfm.tasks.mixed import ChainItems
+
+    chain = ChainItems([[{"i": 0}, {"i": 1}], [], [{"i": 2}]])
+    assert len(chain) == 3 and [chain[k]["i"] for k in range(3)] == [0, 1, 2] and chain[-1]["i"] == 2
+    with pytest.raises(IndexError):
+        chain[3]
+
+
+def test_sax_seg_simulated_subjects_train_but_never_evaluate(acdc_root):
+    import numpy as np
+
+    from cmrfm.engine.finetune import split_subjects
+
+    task = build_task("sax-seg", {"root": str(acdc_root), "sim_subjects": 2, "sim_frames": 3})
+    data = task.load_data()
+    assert len(data.train_only) == 2 and not set(data.train_only) & set(data.subjects)
+    for fold in (0, 3, -1):
+        train, held_out = split_subjects(data, FinetuneConfig(task="sax-seg", fold=fold))
+        assert set(data.train_only) <= set(train) and not set(data.train_only) & set(held_out)
+    sim_items = data.make_dataset(data.train_only, False)
+    assert 0 < len(sim_items) <= 2 * 3 * 4  # subjects × kept frames × sim_per_series
+    masks = [sim_items[k]["mask"].numpy() for k in range(len(sim_items))]
+    assert sim_items[0]["image"].shape == (1, 128, 128) and masks[0].shape == (128, 128)
+    assert set(np.unique(np.stack(masks))) == {0, 1, 2, 3}  # LV, MYO, RV in the SAX class indices
+    mixed = data.make_dataset([data.subjects[0], data.train_only[0]], True)
+    assert len(mixed) == len(data.make_dataset([data.subjects[0]], True)) + len(
+        data.make_dataset([data.train_only[0]], True)
+    )

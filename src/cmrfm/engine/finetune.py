@@ -139,7 +139,10 @@ def build_task(task_id: str, options: dict[str, Any] | None = None) -> Task:
 
 
 def split_subjects(data: TaskData, cfg: FinetuneConfig) -> tuple[list[str], list[str]]:
-    """Training and evaluation subject ids for the configured fold and few-shot size."""
+    """Training and evaluation subject ids for the configured fold and few-shot size.
+
+    The task's ``train_only`` subjects (e.g. simulated) join the training side of every split.
+    """
     if cfg.fold < 0:
         train, held_out = list(data.subjects), []
     else:
@@ -150,7 +153,7 @@ def split_subjects(data: TaskData, cfg: FinetuneConfig) -> tuple[list[str], list
     if cfg.k_subjects > 0:
         strata = dict(zip(data.subjects, data.strata, strict=True))
         train = fewshot_subset(train, [strata[s] for s in train], cfg.k_subjects, seed=cfg.seed)
-    return list(train), list(held_out)
+    return [*train, *data.train_only], list(held_out)
 
 
 def autocast_context(device: torch.device, amp: str) -> contextlib.AbstractContextManager:

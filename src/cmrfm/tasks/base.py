@@ -61,12 +61,15 @@ class TaskData:
         make_dataset: ``(subject_ids, train) -> Dataset`` of items for those subjects; ``train``
             turns on augmentation.
         description: What was loaded (for logs and model cards).
+        train_only: Extra subjects (e.g. simulated) added to the training side of every split and
+            never evaluated; ``make_dataset`` accepts them too.
     """
 
     subjects: list[str]
     strata: list[str]
     make_dataset: Callable[[Sequence[str], bool], Dataset]
     description: str = ""
+    train_only: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -7,7 +7,6 @@ No real long-axis labels are shared here, so the corpus is the deterministic sim
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,9 +19,9 @@ from cmrfm.tasks.augment import AugmentConfig
 from cmrfm.tasks.base import TaskData, TaskInfo, register_task
 from cmrfm.tasks.items import ItemDataset
 from cmrfm.tasks.kinds import SegmentationConfig, SegmentationTask
-from cmrfm.tasks.mixed import ItemMaker, spread, subject_factory
+from cmrfm.tasks.mixed import ItemMaker, subject_factory
 from cmrfm.tasks.sax_seg import class_lookup
-from cmrfm.tasks.simcohort import SimSubject, sim_cohort, sim_item
+from cmrfm.tasks.simcohort import SimSubject, sim_cohort, sim_seg_makers
 
 LAX_LABELS = (Label.BACKGROUND, Label.LV, Label.MYO, Label.RV, Label.LA, Label.RA)
 _LAX_LOOKUP = class_lookup(LAX_LABELS)
@@ -46,28 +45,6 @@ class LaxSegConfig(SegmentationConfig):
     sim_frames: int = 6
     views: tuple[str, ...] = LAX_VIEWS
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-
-
-def seg_sim_item(subject: SimSubject, k: int, lookup: np.ndarray) -> dict[str, Any]:
-    """A simulated slice as a segmentation item (internal ids mapped through ``lookup``)."""
-    return {**sim_item(subject, k), "mask": lookup[subject.labels[k]]}
-
-
-def sim_seg_makers(
-    cohort: Sequence[SimSubject], predicate, lookup: np.ndarray, per_series: int = 0
-) -> dict[str, list[ItemMaker]]:
-    """Per subject: segmentation items of the slices whose row satisfies ``predicate``.
-
-    ``per_series`` > 0 keeps at most that many items of each (series, frame), evenly spread.
-    """
-    out: dict[str, list[ItemMaker]] = {}
-    for s in cohort:
-        groups: dict[tuple, list[int]] = {}
-        for k in s.select(predicate):
-            groups.setdefault((s.rows[k]["series"], s.rows[k]["frame"]), []).append(k)
-        chosen = [k for ks in groups.values() for k in spread(ks, per_series)]
-        out[s.subject] = [functools.partial(seg_sim_item, s, k, lookup) for k in chosen]
-    return out
 
 
 def sim_seg_data(

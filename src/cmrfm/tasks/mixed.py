@@ -27,6 +27,24 @@ class LazyItems(Sequence[dict[str, Any]]):
         return self.makers[index]()
 
 
+class ChainItems(Sequence[dict[str, Any]]):
+    """Several item sequences read as one (e.g. real cache items followed by simulated ones)."""
+
+    def __init__(self, parts: Sequence[Sequence[dict[str, Any]]]) -> None:
+        self.parts = [p for p in parts if len(p)]
+        self.offsets = np.cumsum([0, *(len(p) for p in self.parts)])
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, index: int) -> dict[str, Any]:  # type: ignore[override]
+        if not -len(self) <= index < len(self):
+            raise IndexError(index)
+        index %= len(self)
+        part = int(np.searchsorted(self.offsets, index, side="right")) - 1
+        return self.parts[part][index - int(self.offsets[part])]
+
+
 def real_cache(name: str, root: str, cache: str, size: int, extra: Sequence[str] = ()) -> PreparedCache:
     """A prepared cache of dataset ``name`` at ``size`` pixels (the default cache when size is default).
 

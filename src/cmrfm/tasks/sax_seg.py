@@ -8,12 +8,15 @@ from typing import Any
 
 import numpy as np
 
-from cmrfm.constants import LABEL_NAMES, Label
+from cmrfm.constants import LABEL_NAMES, Label, View
+from cmrfm.constants import Sequence as MRSequence
 from cmrfm.data.preprocess import PreprocessRecord
 from cmrfm.tasks.augment import AugmentConfig
 from cmrfm.tasks.base import TaskData, TaskInfo, register_task
 from cmrfm.tasks.items import ItemDataset, phantom_slice
 from cmrfm.tasks.kinds import SegmentationConfig, SegmentationTask
+from cmrfm.tasks.mixed import ChainItems, ItemMaker, LazyItems
+from cmrfm.tasks.simcohort import sim_cohort, sim_seg_makers
 from cmrfm.tasks.sources import CacheItems, prepared_cache, study_strata
 
 
@@ -25,11 +28,20 @@ class SaxSegConfig(SegmentationConfig):
         root: ACDC training folder (default locations when empty).
         cache: A prepared ACDC cache (made on first use when empty).
         augment: Augmentation ranges for training items.
+        sim_subjects: Simulated subjects whose cine SAX slices join training (never evaluation;
+            0 = ACDC only). Widens the scanners, contrasts and geometries the head has seen.
+        sim_seed: Simulated cohort seed.
+        sim_frames: Cine frames per cycle in the simulator (shared cohort setting).
+        sim_per_series: Slices kept per simulated (series, frame), evenly spread.
     """
 
     root: str = ""
     cache: str = ""
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    sim_subjects: int = 0
+    sim_seed: int = 0
+    sim_frames: int = 6
+    sim_per_series: int = 4
 
 
 def class_lookup(label_ids: Sequence[int]) -> np.ndarray:
@@ -42,6 +54,10 @@ def class_lookup(label_ids: Sequence[int]) -> np.ndarray:
 
 SAX_LABELS = (Label.BACKGROUND, Label.LV, Label.MYO, Label.RV)
 _SAX_LOOKUP = class_lookup(SAX_LABELS)
+
+
+def _is_sim_sax_cine(row: dict[str, Any]) -> bool:
+    return row["sequence"] == str(MRSequence.CINE) and row["view"] == str(View.SAX)
 
 
 def seg_item(
@@ -77,13 +93,23 @@ class SaxSeg(SegmentationTask):
 
     def load_data(self) -> TaskData:
         """ACDC labelled ED/ES slices, subjects stratified by disease group."""
-        cache = prepared_cache("acdc", self.config.root, self.config.cache).filter(labelled=True)
+        cfg = self.config
+        cache = prepared_cache("acdc", cfg.root, cfg.cache).filter(labelled=True)
         subjects, strata = study_strata(cache, "group")
+        description = f"ACDC prepared cache {cache.path} ({len(cache)} slices)"
+        sim: dict[str, list[ItemMaker]] = {}
+        if cfg.sim_subjects > 0:
+            cohort = sim_cohort(cfg.sim_subjects, cfg.sim_seed, cfg.sim_frames, cfg.image_size)
+            sim = sim_seg_makers(cohort, _is_sim_sax_cine, _SAX_LOOKUP, cfg.sim_per_series)
+            count = sum(len(v) for v in sim.values())
+            description += f" + simulated cine SAX for training ({len(sim)} subjects, {count} slices)"
 
         def make(ids: Sequence[str], train: bool) -> ItemDataset:
-            return ItemDataset(CacheItems(cache.subset_studies(ids), seg_item), train, self.config.augment)
+            real = CacheItems(cache.subset_studies([i for i in ids if i not in sim]), seg_item)
+            simulated = LazyItems([m for i in ids for m in sim.get(i, [])])
+            return ItemDataset(ChainItems([real, simulated]), train, cfg.augment)
 
-        return TaskData(subjects, strata, make, f"ACDC prepared cache {cache.path} ({len(cache)} slices)")
+        return TaskData(subjects, strata, make, description, train_only=sorted(sim))
 
     def synthetic_data(self, num_subjects: int = 4, image_size: int = 32) -> TaskData:
         """Phantom SAX stacks (3 slices per subject, ED and ES)."""

@@ -18,6 +18,7 @@ the preprocessing record to item pixels ``(x = column, y = row)`` of the ``(H, W
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -32,6 +33,7 @@ import numpy as np
 from cmrfm.constants import REFERENCE_SPACING_MM, View
 from cmrfm.data.preprocess import PreprocessConfig, PreprocessRecord, preprocess_series
 from cmrfm.data.study import Series, Study
+from cmrfm.tasks.mixed import ItemMaker, spread
 from cmrfm.tasks.sources import cache_home
 
 #: Landmark names per view family, in the simulator's slot order.
@@ -349,3 +351,25 @@ def sim_item(subject: SimSubject, k: int) -> dict[str, Any]:
         "slice": int(row["slice"]),
         "volume": f"{subject.subject}/{row['series']}/f{row['frame']}",
     }
+
+
+def seg_sim_item(subject: SimSubject, k: int, lookup: np.ndarray) -> dict[str, Any]:
+    """A simulated slice as a segmentation item (internal ids mapped through ``lookup``)."""
+    return {**sim_item(subject, k), "mask": lookup[subject.labels[k]]}
+
+
+def sim_seg_makers(
+    cohort: Sequence[SimSubject], predicate, lookup: np.ndarray, per_series: int = 0
+) -> dict[str, list[ItemMaker]]:
+    """Per subject: segmentation items of the slices whose row satisfies ``predicate``.
+
+    ``per_series`` > 0 keeps at most that many items of each (series, frame), evenly spread.
+    """
+    out: dict[str, list[ItemMaker]] = {}
+    for s in cohort:
+        groups: dict[tuple, list[int]] = {}
+        for k in s.select(predicate):
+            groups.setdefault((s.rows[k]["series"], s.rows[k]["frame"]), []).append(k)
+        chosen = [k for ks in groups.values() for k in spread(ks, per_series)]
+        out[s.subject] = [functools.partial(seg_sim_item, s, k, lookup) for k in chosen]
+    return out
