@@ -1,13 +1,14 @@
 """Time of ``cmrfm analyze`` per study: an ED+ES study (10 slices each) and a full cine (10 × 30).
 
-Models: random-init ``tiny``-preset task models (ViT 192-d, depth 8, patch 8, 128 px input: the
-architecture of the shipped weights) written by the real exporter, so the compute is representative
-before trained weights exist (their outputs are meaningless; only time is measured). Model loading
-is timed separately. Studies are simulated (bSSFP SAX, 208² matrix, 30 frames, 10 slices) and
-written as NIfTI; the timed path is the user's: load the files, analyse, write masks, JSON and report.
+Models: the shipped heads in ``weights/`` where present (a trained ``sax-seg`` also runs the crop
+re-centring passes an untrained one may skip), and random-init ``tiny``-preset models of the same
+architecture for the tasks without shipped weights (same compute, meaningless outputs; only time
+is measured). ``--random-only`` uses random models throughout. Model loading is timed separately.
+Studies are simulated (bSSFP SAX, 208² matrix, 30 frames, 10 slices) and written as NIfTI; the
+timed path is the user's: load the files, analyse, write masks, JSON and report.
 
-Usage: ``python benchmarks/bench_analyze.py [--repeats 3] [--threads 2] [--no-write]``; prints a
-table and rewrites its section of ``benchmarks/RESULTS.md``.
+Usage: ``python benchmarks/bench_analyze.py [--repeats 3] [--threads 2] [--random-only]
+[--no-write]``; prints a table and rewrites its section of ``benchmarks/RESULTS.md``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from cmrfm.simulate import SimConfig, simulate_study
 from cmrfm.simulate.config import ImagingConfig
 
 HEADING = "## Study analysis speed (benchmarks/bench_analyze.py)"
+#: The repository's shipped heads, used where present (``--random-only`` skips them).
+SHIPPED = Path(__file__).resolve().parents[1] / "weights"
 #: Tasks a cine SAX study runs.
 TASKS = ("sequence-cls", "view-cls", "quality-cls", "sax-seg", "landmarks", "disease-cls")
 SLICES = 10
@@ -64,13 +67,20 @@ def make_inputs(folder: Path) -> dict[str, Path]:
     return {"ED+ES (2 × 10 slices)": ed_es, f"full cine ({SLICES} × {FRAMES})": full}
 
 
-def run(repeats: int, threads: int, write: bool, tta: bool) -> str:
+def run(repeats: int, threads: int, write: bool, tta: bool, shipped: bool = True) -> str:
     """Runs the benchmark and returns the Markdown section."""
     torch.set_num_threads(threads)
     work = Path(tempfile.mkdtemp(prefix="cmrfm-bench-analyze-"))
     try:
         weights = work / "weights"
         write_random_weights(weights, tasks=TASKS, preset="tiny", image_size=128)
+        trained = []
+        for task in TASKS if shipped else ():
+            source = SHIPPED / f"{task}.safetensors"
+            if source.is_file():  # the real head: trained weights also decide re-centring passes
+                shutil.copy(source, weights / source.name)
+                shutil.copy(source.with_suffix(".json"), weights / f"{task}.json")
+                trained.append(task)
         started = time.perf_counter()
         bundle = ModelBundle.load(weights, tta=tta)
         load_s = time.perf_counter() - started
@@ -97,12 +107,14 @@ def run(repeats: int, threads: int, write: bool, tta: bool) -> str:
         f"Machine: {platform.node() or 'unknown'}, {platform.machine()}, {_cpu_count()} logical CPUs "
         f"(shared with other jobs), torch {torch.__version__} with {cpus} thread(s). Date: {now}. "
         f"Command: `python benchmarks/bench_analyze.py --repeats {repeats} --threads {threads}"
-        f"{' --tta' if tta else ''}`.",
+        f"{' --tta' if tta else ''}{'' if shipped else ' --random-only'}`.",
         "",
-        "Models: **random-init** `tiny`-preset task models (ViT 192-d, depth 8, patch 8, 128 px; "
-        f"{', '.join(TASKS)}), real export format: the compute of the shipped architecture before "
-        "trained weights exist; the numbers they output are meaningless. Inputs: simulated bSSFP SAX, "
-        "208×208 matrix, NIfTI on disk. Timed: load files + analysis + masks, JSON, HTML report.",
+        f"Models: the shipped heads of `weights/` ({', '.join(trained) or 'none'}); "
+        f"random-init `tiny`-preset models of the same architecture for the others "
+        f"({', '.join(t for t in TASKS if t not in trained) or 'none'}; ViT 192-d, depth 8, patch 8, "
+        "128 px: same compute, meaningless outputs). Inputs: simulated bSSFP SAX, 208×208 matrix, "
+        "NIfTI on disk. Timed: load files + analysis (including the crop re-centring passes) + masks, "
+        "JSON, HTML report.",
         "",
         f"Model loading (separate, once per run): {load_s:.2f} s.",
         "",
@@ -138,8 +150,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tta", action="store_true", help="time with test-time augmentation")
     parser.add_argument("--no-write", action="store_true", help="print only; leave RESULTS.md alone")
+    parser.add_argument("--random-only", action="store_true", help="ignore the shipped heads in weights/")
     args = parser.parse_args()
-    run(args.repeats, args.threads, not args.no_write, args.tta)
+    run(args.repeats, args.threads, not args.no_write, args.tta, shipped=not args.random_only)
 
 
 if __name__ == "__main__":
