@@ -31,6 +31,7 @@ import csv
 import datetime as dt
 import json
 import platform
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -149,14 +150,13 @@ def evaluate_patient(patient_dir: Path, bundle: ModelBundle, work: Path) -> dict
         row[f"{key}_ref"] = getattr(truth, key)
         row[f"{key}_pred"] = getattr(mine, key)
         row[f"{key}_err"] = getattr(mine, key) - getattr(truth, key)
-    # The analysis's own ED/ES choice among the two frames (frame files in name order).
-    order = sorted((ed_no, es_no))
-    row["ed_es_correct"] = bool(
-        m.get("ed_frame") is not None and order[m["ed_frame"]] == ed_no and order[m["es_frame"]] == es_no
+    # The analysis's own ED/ES choice, as ACDC frame numbers.
+    row["ed_es_correct"] = analysis_frame_number(m, "ed", ed_no, es_no) == ed_no and (
+        analysis_frame_number(m, "es", ed_no, es_no) == es_no
     )
     marks = m.get("landmarks") or {}
-    if marks.get("available"):
-        frame_no = order[int(marks["frame"])]
+    frame_no = analysis_frame_number(m, marks["frame"], ed_no, es_no) if marks.get("available") else None
+    if frame_no in (ed_no, es_no):
         reference_mask = ref["ED"] if frame_no == ed_no else ref["ES"]
         row["rv_insertion_error_mm"] = rv_insertion_error_mm(marks, reference_mask, sx, sy)
     else:
@@ -202,6 +202,25 @@ def bland_altman(rows: list[dict[str, Any]], path: Path) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def analysis_frame_number(m: dict[str, Any], which: str | int, ed_no: int, es_no: int) -> int | None:
+    """The ACDC frame number (1-based) of an analysis frame: ``"ed"``, ``"es"`` or a cine index.
+
+    The analysis works on the ED/ES frame files as a two-frame pseudo-cine (index 0/1 = the files in
+    name order), or on a patient's 4D cine when one sits in the folder (index + 1).
+    """
+    index = m.get(f"{which}_frame") if isinstance(which, str) else which
+    if index is None:
+        return None
+    if isinstance(which, str) and m.get(f"{which}_input"):
+        found = re.search(r"_frame(\d+)$", str(m[f"{which}_input"]))
+        if found:
+            return int(found.group(1))
+    if str(m.get("cine_series", "")).endswith("_4d"):
+        return int(index) + 1
+    order = sorted((ed_no, es_no))
+    return order[int(index)] if 0 <= int(index) < len(order) else None
 
 
 def rv_insertion_error_mm(
