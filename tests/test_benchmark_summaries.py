@@ -45,3 +45,15 @@ def test_fewshot_summary_pairs_seeds_and_tolerates_a_partial_sweep():
     assert methods == ["pretrained", "scratch", "baseline"] and ks == ["1"]
     assert len(values[("pretrained", "1")]) == 3 and len(values[("scratch", "1")]) == 2
     assert script.paired_gain(rows, "1") == pytest.approx([0.1, 0.11])  # seed 2 has no pair
+
+
+def test_feature_classifiers_separate_separable_groups():
+    import numpy as np
+
+    script = _script("disease_features_cv")
+    rng = np.random.default_rng(0)
+    centres = np.eye(5, 3) * 6  # five groups, far apart in 3 features
+    y = np.repeat(np.arange(5), 8)
+    x = centres[y] + rng.normal(0, 0.5, (len(y), 3))
+    for classify in script.CLASSIFIERS.values():
+        assert (classify(x[::2], y[::2], x[1::2]) == y[1::2]).all()
