@@ -52,8 +52,8 @@ def test_feature_classifiers_separate_separable_groups():
 
     script = _script("disease_features_cv")
     rng = np.random.default_rng(0)
-    centres = np.eye(5, 3) * 6  # five groups, far apart in 3 features
+    centres = np.eye(5) * 6  # five groups, far apart in 5 features
     y = np.repeat(np.arange(5), 8)
-    x = centres[y] + rng.normal(0, 0.5, (len(y), 3))
+    x = centres[y] + rng.normal(0, 0.5, (len(y), 5))
     for classify in script.CLASSIFIERS.values():
         assert (classify(x[::2], y[::2], x[1::2]) == y[1::2]).all()
