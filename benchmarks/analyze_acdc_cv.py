@@ -323,6 +323,20 @@ def run(cv: Path, acdc: Path, out: Path, patients: int, write: bool) -> dict[str
     return summary
 
 
+def rewrite_from(out: Path, cv: Path) -> str:
+    """Re-renders the RESULTS.md section from an earlier run's ``out`` folder (no re-analysis)."""
+    from cmrfm.engine.checkpoint import load_weights
+
+    summary = json.loads((out / "summary.json").read_text())
+    with (out / "per_patient.csv").open() as handle:
+        folds = sorted({int(r["fold"]) for r in csv.DictReader(handle)})
+    cards = {f: load_weights(cv / f"fold{f}.safetensors")[1] for f in folds}
+    section = _section(summary, cards, cv, int(summary["patients"]))
+    print(section)
+    _write_section(section, out / "bland_altman.png")
+    return section
+
+
 def _section(summary: dict[str, float], cards: dict[int, dict], cv: Path, n: int) -> str:
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     trained = all(c.get("steps") for c in cards.values())
@@ -388,10 +402,16 @@ def main(argv: list[str] | None = None) -> dict[str, float] | None:
     parser.add_argument("--write", action="store_true", help="rewrite this section of RESULTS.md")
     parser.add_argument("--write-splits", type=int, default=0, metavar="K", help="write a K-fold splits.json")
     parser.add_argument("--seed", type=int, default=0, help="split seed for --write-splits")
+    parser.add_argument(
+        "--rewrite-from", type=Path, default=None, help="re-render RESULTS.md from an earlier --out folder"
+    )
     args = parser.parse_args(argv)
     from cmrfm.tasks.sources import resolve_root
 
     acdc = args.acdc or resolve_root("acdc", None)
+    if args.rewrite_from is not None:
+        rewrite_from(args.rewrite_from, args.cv)
+        return None
     if args.write_splits:
         print(f"wrote {write_splits(acdc, args.cv, args.write_splits, args.seed)}")
         return None
