@@ -140,3 +140,31 @@ def test_sax_seg_simulated_subjects_train_but_never_evaluate(acdc_root):
     assert len(mixed) == len(data.make_dataset([data.subjects[0]], True)) + len(
         data.make_dataset([data.train_only[0]], True)
     )
+
+
+def test_disease_from_features_only_skips_the_backbone(tmp_path):
+    """``images=false``: the head sees the (batch-normalised) features alone; images are ignored."""
+    cfg = FinetuneConfig(
+        task="disease-cls",
+        synthetic=True,
+        image_size=32,
+        backbone=TINY,
+        steps=3,
+        batch_size=4,
+        folds=2,
+        fold=0,
+        out=str(tmp_path / "run"),
+        amp="off",
+        task_options={"images": False},
+    )
+    result = finetune(cfg, progress=False)
+    model, _ = load_task_model(result.weights)
+    assert model.head.pool is None and model.head.fc.in_features == 64
+    batch = model.task.collate([model.task.synthetic_data().make_dataset(["phantom00"], False)[0]] * 2)
+    model.eval()
+    with torch.no_grad():
+        before = model(batch)["logits"]
+        batch["images"] = torch.randn_like(batch["images"])  # other images, same features
+        assert torch.equal(model(batch)["logits"], before)
+    with pytest.raises(CmrfmError, match="needs features"):
+        assert build_task("disease-cls", {"images": False, "features": "none"}).uses_images

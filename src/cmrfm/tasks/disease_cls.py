@@ -21,7 +21,7 @@ import numpy as np
 
 from cmrfm.clinical.features import FEATURE_NAMES, disease_features
 from cmrfm.constants import Group
-from cmrfm.errors import InputError
+from cmrfm.errors import ConfigError, InputError
 from cmrfm.tasks.augment import AugmentConfig
 from cmrfm.tasks.base import TaskData, TaskInfo, register_task
 from cmrfm.tasks.items import ItemDataset, phantom_slice
@@ -42,6 +42,8 @@ class DiseaseConfig(ClassificationConfig):
             ``none`` (images only).
         features_file: CSV with a ``subject`` column and one column per feature name
             (:data:`~cmrfm.clinical.features.FEATURE_NAMES`), used when ``features=file``.
+        images: Look at the ED/ES images too (attention-pooled backbone embeddings); ``false``
+            classifies from the features alone (no backbone pass, seconds to train).
         max_images: Slices per training item (random subset of the ED+ES slices).
         augment: Augmentation ranges.
     """
@@ -50,6 +52,7 @@ class DiseaseConfig(ClassificationConfig):
     cache: str = ""
     features: Literal["labels", "file", "none"] = "labels"
     features_file: str = ""
+    images: bool = True
     max_images: int = 8
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -94,16 +97,23 @@ class DiseaseCls(ClassificationTask):
     feature_rows: dict[str, np.ndarray] = {}  # noqa: RUF012 (replaced per instance, never mutated)
 
     @property
+    def uses_images(self) -> bool:  # type: ignore[override]
+        """Whether the classifier looks at the images (``images=true``)."""
+        if not self.config.images and self.config.features == "none":
+            raise ConfigError("disease-cls with images=false needs features (labels or file)")
+        return bool(self.config.images)
+
+    @property
     def num_features(self) -> int:  # type: ignore[override]
         """Feature vector length (0 when features are off)."""
         return len(FEATURE_NAMES) if self.config.features != "none" else 0
 
     def _item(self, subject: str, group: str, phases: dict[str, dict[str, list]], pixel: float, dz: float):
         ed_img, es_img = _stack(phases["ED"]["image"]), _stack(phases["ES"]["image"])
+        images = np.concatenate([ed_img, es_img], axis=-1).transpose(2, 0, 1)  # (S, H, W)
         item: dict[str, Any] = {
-            "images": np.concatenate([ed_img, es_img], axis=-1)
-            .transpose(2, 0, 1)
-            .astype(np.float16),  # (S, H, W)
+            # features only: a placeholder image keeps the item format (never looked at)
+            "images": (images if self.config.images else np.zeros((1, 8, 8))).astype(np.float16),
             "label": GROUPS.index(group),
             "subject": subject,
         }

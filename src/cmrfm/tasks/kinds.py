@@ -204,8 +204,11 @@ class ClassificationConfig:
 class StudyClassifier(nn.Module):
     """Attention pooling over per-image embeddings (+ optional study features) -> logits.
 
+    Study features pass a non-affine batch normalisation first (running statistics from training,
+    kept in the weights), so features of different units and scales need no hand-made scaling.
+
     Args:
-        in_dim: Width of each image embedding.
+        in_dim: Width of each image embedding (0: features only, images are ignored).
         num_classes: Output classes.
         num_features: Length of the optional per-study feature vector.
         dropout: Dropout before the classifier.
@@ -213,20 +216,31 @@ class StudyClassifier(nn.Module):
 
     def __init__(self, in_dim: int, num_classes: int, num_features: int = 0, dropout: float = 0.1) -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(in_dim)
-        self.pool = AttentionPool(in_dim)
-        self.features = nn.Sequential(nn.Linear(num_features, 64), nn.GELU()) if num_features else None
+        if in_dim <= 0 and num_features <= 0:
+            raise ValueError("a study classifier needs image embeddings, features or both")
+        self.in_dim = in_dim
+        self.norm = nn.LayerNorm(in_dim) if in_dim else None
+        self.pool = AttentionPool(in_dim) if in_dim else None
+        self.features = (
+            nn.Sequential(nn.BatchNorm1d(num_features, affine=False), nn.Linear(num_features, 64), nn.GELU())
+            if num_features
+            else None
+        )
         self.drop = nn.Dropout(dropout)
         self.fc = nn.Linear(in_dim + (64 if num_features else 0), num_classes)
 
     def forward(
-        self, embeddings: torch.Tensor, mask: torch.Tensor, features: torch.Tensor | None = None
+        self, embeddings: torch.Tensor | None, mask: torch.Tensor, features: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, S, 2D)`` embeddings, ``(B, S)`` mask -> logits ``(B, K)`` and attention ``(B, S)``."""
-        pooled, weights = self.pool(self.norm(embeddings), mask)
-        parts = [pooled]
+        parts = []
+        if self.pool is not None:
+            pooled, weights = self.pool(self.norm(embeddings), mask)
+            parts.append(pooled)
+        else:  # features only: every image weighs the same
+            weights = mask.float() / mask.float().sum(dim=1, keepdim=True).clamp(min=1)
         if self.features is not None and features is not None:
-            parts.append(self.features(features))
+            parts.append(self.features(features.float()))
         return self.fc(self.drop(torch.cat(parts, dim=-1))), weights
 
 
@@ -240,12 +254,15 @@ class ClassificationTask(Task):
     config_cls = ClassificationConfig
     #: Length of the optional per-study feature vector (study-level tasks).
     num_features: int = 0
+    #: Whether study-level predictions look at the images (False: features only, no backbone pass).
+    uses_images: bool = True
 
     def build_head(self, embed_dim: int, num_levels: int, patch_size: int, linear: bool = False) -> nn.Module:
         """Linear head (image level) or attention-pooling head (study level); both suit linear probes."""
         n = len(self.info.classes)
         if self.info.level == "study":
-            return StudyClassifier(2 * embed_dim, n, self.num_features, self.config.dropout)
+            in_dim = 2 * embed_dim if self.uses_images else 0
+            return StudyClassifier(in_dim, n, self.num_features, self.config.dropout)
         return ClassificationHead(embed_dim, n, self.config.dropout)
 
     def build_baseline(self, image_size: int) -> nn.Module:
@@ -264,6 +281,9 @@ class ClassificationTask(Task):
             out = _backbone_features(backbone, batch["image"])
             return {"logits": head(out.cls, out.patch_tokens)}
         images, mask = batch["images"], batch["set_mask"]  # (B, S, 1, H, W), (B, S)
+        if not self.uses_images:
+            logits, weights = head(None, mask, batch.get("features"))
+            return {"logits": logits, "attention": weights}
         b, s = mask.shape
         flat = images[mask]  # (M, 1, H, W): real images only
         out = _backbone_features(backbone, flat)
