@@ -158,8 +158,10 @@ def test_disease_from_features_only_skips_the_backbone(tmp_path):
         task_options={"images": False},
     )
     result = finetune(cfg, progress=False)
-    model, _ = load_task_model(result.weights)
+    model, card = load_task_model(result.weights)
     assert model.head.pool is None and model.head.fc.in_features == 64
+    # the backbone is never run, so the file holds the head alone
+    assert card["backbone_stored"] is False and result.weights.stat().st_size < 50_000
     batch = model.task.collate([model.task.synthetic_data().make_dataset(["phantom00"], False)[0]] * 2)
     model.eval()
     with torch.no_grad():

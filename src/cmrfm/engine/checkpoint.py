@@ -209,7 +209,11 @@ def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, A
 
 
 def load_float_state(
-    model: torch.nn.Module, state: Mapping[str, torch.Tensor], path: str | Path, what: str
+    model: torch.nn.Module,
+    state: Mapping[str, torch.Tensor],
+    path: str | Path,
+    what: str,
+    may_lack: str | None = None,
 ) -> None:
     """Loads float32 copies of ``state`` into ``model``; any missing or extra key is an InputError.
 
@@ -218,12 +222,14 @@ def load_float_state(
         state: Tensors as read from a weights file (fp16 allowed).
         path: The weights file, for the error message.
         what: What the weights should be (e.g. ``"task 'sax-seg'"``), for the error message.
+        may_lack: A key prefix the file may leave out (e.g. ``"backbone."`` of a head that never
+            uses its backbone); those parameters keep their initial values.
     """
     floats = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     result = model.load_state_dict(floats, strict=False)
-    if result.missing_keys or result.unexpected_keys:
+    missing = [k for k in result.missing_keys if not (may_lack and k.startswith(may_lack))]
+    if missing or result.unexpected_keys:
         raise InputError(
             path,
-            f"weights do not match {what} "
-            f"(missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]})",
+            f"weights do not match {what} (missing {missing[:5]}, unexpected {result.unexpected_keys[:5]})",
         )

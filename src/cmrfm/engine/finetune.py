@@ -332,6 +332,10 @@ def train_steps(
     return cfg.steps
 
 
+#: State-dict prefix of the backbone, left out of features-only heads' weight files.
+UNUSED_BACKBONE_PREFIX = "backbone."
+
+
 def export_model(
     model: TaskModel | BaselineModel,
     path: Path,
@@ -349,7 +353,12 @@ def export_model(
         "task_config": to_dict(model.task.config),
         **card,
     }
-    return save_weights(model.state_dict(), path, full, fp16=fp16)
+    state = model.state_dict()
+    if not getattr(model.task, "uses_images", True):
+        # a features-only head never runs its backbone: ship the head alone (kilobytes, not MB)
+        state = {k: v for k, v in state.items() if not k.startswith(UNUSED_BACKBONE_PREFIX)}
+        full["backbone_stored"] = False
+    return save_weights(state, path, full, fp16=fp16)
 
 
 def load_task_model(path: str | Path) -> tuple[TaskModel | BaselineModel, dict[str, Any]]:
@@ -369,7 +378,8 @@ def load_task_model(path: str | Path) -> tuple[TaskModel | BaselineModel, dict[s
         linear = card.get("mode") == "linear"
         head = task.build_head(vit_cfg.embed_dim, len(vit_cfg.levels()), vit_cfg.patch_size, linear=linear)
         model = TaskModel(task, backbone, head)
-    load_float_state(model, tensors, path, f"task {card['task']!r}")
+    may_lack = UNUSED_BACKBONE_PREFIX if card.get("backbone_stored") is False else None
+    load_float_state(model, tensors, path, f"task {card['task']!r}", may_lack=may_lack)
     model.eval()
     return model, card
 
