@@ -71,6 +71,14 @@ def test_acdc_patients_are_physiologically_plausible(tmp_path, acdc_root):
         # RV is the weak structure (basal slices: atrium taken as RV at ES; RESULTS.md, ACDC CV)
         assert abs(m["rv_ef_pct"] - ref.rv_ef_pct) <= 25, (patient, m["rv_ef_pct"], ref.rv_ef_pct)
         assert not m["ood"]["flag"], m["ood"]
+        if (WEIGHTS / "disease-cls.safetensors").is_file():
+            probs = m["diagnosis"]["probabilities"]
+            assert m["diagnosis"]["label"] in probs and abs(sum(probs.values()) - 1) < 1e-3
+            assert set(m["shape_features"]) >= {"lv_ef", "max_wall_cm", "rv_to_lv_edv"}
+    # patient011 is DCM (LVEF 12 %), a clear case the shipped disease head should get right
+    if (WEIGHTS / "disease-cls.safetensors").is_file():
+        m = json.loads((out / "patient011" / "measurements.json").read_text())
+        assert m["diagnosis"]["label"] == "DCM", m["diagnosis"]
 
 
 def test_example_is_plausible(tmp_path):
