@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +104,19 @@ def test_cine_function_uses_the_true_slice_spacing_and_finds_ed_es():
     assert m["lv_edv_ml_m2"] == pytest.approx(m["lv_edv_ml"] / m["bsa_m2"], abs=0.06)
     assert m["flags"]["lv_ef_pct"]["flag"] in ("low", "normal", "high")
     assert len(m["lv_volume_curve_ml"]) == 5
+
+
+def test_ed_es_pair_with_a_failed_lv_warns_instead_of_reporting_silently():
+    """Two frames whose LV is larger in the frame LV+RV calls ES: negative LVEF, and a warning."""
+    series, labels = _cine(num_frames=5)
+    pair_labels = labels[..., [0, 2]].copy()  # frame 0 = ED (large LV), frame 2 = ES
+    pair_labels[..., 1][pair_labels[..., 1] == Label.MYO] = Label.LV  # ES: wall swallowed by the LV
+    pair_labels[:20, :20, :, 0] = Label.RV  # a large RV makes frame 0 ED by LV+RV volume
+    pair = dataclasses.replace(series, image=series.image[..., [0, 2]], frame_times_ms=None)
+    warnings: list[str] = []
+    m = cine_function(_Run(pair, pair_labels), AnalyzeOptions(), warnings)
+    assert m["ed_frame"] == 0 and m["lv_ef_pct"] < 0
+    assert any("LV end-systolic volume exceeds" in w for w in warnings), warnings
 
 
 def test_cine_function_without_lv_gives_no_numbers():

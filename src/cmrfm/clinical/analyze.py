@@ -670,6 +670,13 @@ def cine_function(run: SegRun, options: AnalyzeOptions, warnings: list[str]) -> 
             if key not in ("lv_edv_ml", "rv_edv_ml", "lv_mass_g"):
                 values[key] = None
     out.update({k: _finite(v) for k, v in values.items()})
+    for side in ("lv", "rv"):
+        ef = out.get(f"{side}_ef_pct")
+        if ef is not None and ef < 0:
+            warnings.append(
+                f"{side.upper()} end-systolic volume exceeds end-diastolic volume (EF {ef:.0f} %): the "
+                f"{side.upper()} segmentation failed in one of the two frames; do not use its EF"
+            )
     if options.height_cm and options.weight_kg:
         bsa = body_surface_area_m2(options.height_cm, options.weight_kg)
         out["bsa_m2"] = round(bsa, 3)
