@@ -110,6 +110,9 @@ def test_example_end_to_end(tmp_path, tiny_weights):
         labels = json.loads((folder / "seg" / f"{name}_seg.json").read_text())["label_names"]
         assert labels["1"] == "LV" and labels["2"] == "MYO" and labels["3"] == "RV"
     check_report(folder)
+    truth = json.loads((folder / "example_truth.json").read_text())  # the simulator's own numbers
+    assert truth["lv_ef_pct"]["measured"] == m["lv_ef_pct"] and truth["diagnosis"]["truth"] == "MINF"
+    assert 100 < truth["lv_edv_ml"]["truth"] < 200 and 10 < truth["lv_ef_pct"]["truth"] < 80
     rows = read_csv(out / "measurements.csv")
     assert [r["study"] for r in rows] == ["example"]
     assert read_csv(out / "failures.csv") == []

@@ -10,6 +10,7 @@ the exit code is 1 when any failed. Study names are the loaders' identifier-free
 from __future__ import annotations
 
 import csv
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -52,8 +53,23 @@ def _write_csv(path: Path, rows: list[dict[str, Any]], first: tuple[str, ...]) -
         writer.writerows(rows)
 
 
-def write_example_input(folder: Path, seed: int = EXAMPLE_SEED) -> Path:
-    """Simulates the example study (cine SAX + 2CH/4CH + LGE) as NIfTI images without labels."""
+#: Simulator truth keys compared with the example's measurements: (truth key, measurement key, scale).
+EXAMPLE_TRUTH_KEYS = (
+    ("lv_edv_ml_mask", "lv_edv_ml", 1.0),
+    ("lv_esv_ml_mask", "lv_esv_ml", 1.0),
+    ("lv_ef_mask", "lv_ef_pct", 100.0),
+    ("rv_edv_ml_mask", "rv_edv_ml", 1.0),
+    ("rv_ef_mask", "rv_ef_pct", 100.0),
+    ("lv_mass_g_mask", "lv_mass_g", 1.0),
+)
+
+
+def write_example_input(folder: Path, seed: int = EXAMPLE_SEED) -> tuple[Path, dict[str, Any]]:
+    """Simulates the example study (cine SAX + 2CH/4CH + LGE) as NIfTI images without labels.
+
+    Returns the folder and the simulator's truth for the measurements (from its label masks, the
+    way a reader would measure them) plus the disease group.
+    """
     from cmrfm.io.writers import save_series
     from cmrfm.simulate import SimConfig, simulate_study
 
@@ -61,7 +77,26 @@ def write_example_input(folder: Path, seed: int = EXAMPLE_SEED) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     for series in study.series:
         save_series(series, folder / f"{series.name}.nii", write_labels=False)  # uncompressed: fast
-    return folder
+    simulated = study.clinical.extra["truth"]
+    truth: dict[str, Any] = {"group": str(study.clinical.group.value)}
+    for key, measured, scale in EXAMPLE_TRUTH_KEYS:
+        truth[measured] = round(float(simulated[key]) * scale, 1)
+    return folder, truth
+
+
+def compare_with_truth(m: dict[str, Any], truth: dict[str, Any]) -> dict[str, Any]:
+    """The example's measurements beside the simulator's truth (and the difference)."""
+    rows = {}
+    for _, key, _ in EXAMPLE_TRUTH_KEYS:
+        value = m.get(key)
+        rows[key] = {
+            "measured": value,
+            "truth": truth[key],
+            "difference": None if value is None else round(value - truth[key], 1),
+        }
+    diagnosis = (m.get("diagnosis") or {}).get("label")
+    rows["diagnosis"] = {"measured": diagnosis, "truth": truth["group"]}
+    return rows
 
 
 def analyze(
@@ -127,9 +162,11 @@ def analyze(
     failures: list[dict[str, str]] = []
     studies: list[tuple[str, Path]] = []
     scratch = None
+    example_truth: dict[str, Any] = {}
     if example:
         scratch = tempfile.TemporaryDirectory(prefix="cmrfm-example-")
-        studies.append(("example", write_example_input(Path(scratch.name) / "example")))
+        example_folder, example_truth = write_example_input(Path(scratch.name) / "example")
+        studies.append(("example", example_folder))
     for item in inputs or []:
         try:
             studies += [(p.name, p) for p in study_paths(item)]
@@ -145,6 +182,8 @@ def analyze(
                     folder, m = analyze_path(path, bundle, out, options)
                     rows.append(csv_row(m, folder.name))
                     console.print(f"{folder.name}: done ({len(m['warnings'])} warning(s))")
+                    if example and name == "example" and path == example_folder:
+                        _report_example_truth(folder, compare_with_truth(m, example_truth), console)
                 except CmrfmError as err:
                     failures.append({"study": name, "reason": str(getattr(err, "reason", err))})
                     console.print(f"[red]{name}: failed[/] ({getattr(err, 'reason', err)})")
@@ -161,6 +200,17 @@ def analyze(
     console.print(f"{len(rows)} analysed, {len(failures)} failed; outputs in {out}")
     if failures:
         raise typer.Exit(1)
+
+
+def _report_example_truth(folder: Path, comparison: dict[str, Any], console: Any) -> None:
+    """Writes ``example_truth.json`` beside the measurements and prints the comparison."""
+    (folder / "example_truth.json").write_text(json.dumps(comparison, indent=2) + "\n")
+    cells = [
+        f"{key} {row['measured']} (truth {row['truth']})"
+        for key, row in comparison.items()
+        if key in ("lv_ef_pct", "rv_ef_pct", "lv_edv_ml", "lv_mass_g", "diagnosis")
+    ]
+    console.print("example vs simulator truth: " + "; ".join(cells))
 
 
 def register(app: typer.Typer) -> None:
