@@ -28,15 +28,15 @@ from cmrfm.engine.finetune import FinetuneConfig, build_task, split_subjects
 from cmrfm.tasks.disease_cls import GROUPS, read_feature_table
 
 
-def label_features() -> tuple[list[str], list[str], dict[str, np.ndarray], object]:
-    """Subjects, groups, manual-label features per subject, and the task data (for the splits)."""
+def label_features() -> tuple[dict[str, np.ndarray], object]:
+    """Manual-label features per subject, and the task data (subjects, groups, splits)."""
     data = build_task("disease-cls", {"features": "labels"}).load_data()
     dataset = data.make_dataset(data.subjects, False)
     features = {}
     for i in range(len(dataset)):
         item = dataset[i]
         features[item["subject"]] = np.asarray(item["features"], np.float64)
-    return data.subjects, data.strata, features, data
+    return features, data
 
 
 def nearest_centroid(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray) -> np.ndarray:
@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--write", action="store_true", help="rewrite this section of RESULTS.md")
     args = parser.parse_args(argv)
-    subjects, _, from_labels, data = label_features()
+    from_labels, data = label_features()
+    subjects = data.subjects
     sources = {"manual labels": from_labels}
     if args.features_file is not None:
         predicted = read_feature_table(args.features_file)
