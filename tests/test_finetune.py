@@ -110,3 +110,33 @@ def test_fewshot_subset_of_training_fold(tmp_path):
     data = task.synthetic_data(num_subjects=8)
     train, held = split_subjects(data, _cfg(tmp_path, k_subjects=2, folds=4))
     assert len(train) == 2 and not set(train) & set(held)
+
+
+def test_init_from_another_task_model_transfers_matching_head(tmp_path):
+    """A cine sax-seg model starts lge-seg: same backbone, decoder copied except the class outputs."""
+    source = finetune(_cfg(tmp_path / "sax", export_fp16=False), progress=False)
+    sax_model, _ = load_task_model(source.weights)
+    result = finetune(
+        _cfg(tmp_path / "lge", task="lge-seg", init=str(source.weights), steps=0, export_fp16=False),
+        progress=False,
+    )
+    lge_model, card = load_task_model(result.weights)
+    transfer = card["transfer"]
+    assert transfer["from_task"] == "sax-seg" and card["init"].startswith("sax-seg")
+    assert 0 < transfer["head_tensors_transferred"] < transfer["head_tensors"]
+    for name, tensor in sax_model.backbone.state_dict().items():
+        assert torch.equal(lge_model.backbone.state_dict()[name], tensor), name
+    sax_head, lge_head = sax_model.head.state_dict(), lge_model.head.state_dict()
+    same = [k for k in lge_head if k in sax_head and torch.equal(lge_head[k], sax_head[k])]
+    differ = [k for k in lge_head if k not in same]
+    assert len(same) == transfer["head_tensors_transferred"]
+    assert differ and all(lge_head[k].shape != sax_head[k].shape for k in differ)
+
+
+def test_init_from_a_features_only_model_is_clear(tmp_path):
+    source = finetune(
+        _cfg(tmp_path / "dis", task="disease-cls", task_options={"images": False, "features": "labels"}),
+        progress=False,
+    )
+    with pytest.raises(ConfigError, match="stores no ViT backbone"):
+        finetune(_cfg(tmp_path / "sax", init=str(source.weights)), progress=False)

@@ -120,6 +120,43 @@ def test_chain_items_reads_parts_as_one_sequence():
         chain[3]
 
 
+def test_oversampled_items_repeat_only_the_chosen():
+    from cmrfm.tasks.mixed import OversampledItems
+
+    items = [{"i": i} for i in range(4)]
+    over = OversampledItems(items, chosen=[1, 3], repeats=3)
+    assert len(over) == 8 and sorted(over[k]["i"] for k in range(8)) == [0, 1, 1, 1, 2, 3, 3, 3]
+    assert len(OversampledItems(items, [1], 1)) == 4
+    with pytest.raises(ValueError, match="repeats"):
+        OversampledItems(items, [1], 0)
+
+
+def test_lge_seg_oversamples_scar_slices_for_training_only():
+    task = build_task("lge-seg", {"lesion_oversample": 3})
+    data = task.synthetic_data()
+    plain = data.make_dataset(data.subjects, False)
+    train = data.make_dataset(data.subjects, True)
+    scar = [i for i in range(len(plain)) if (plain[i]["mask"] >= 3).any()]
+    assert scar and len(scar) < len(plain)
+    assert len(train) == len(plain) + 2 * len(scar)
+
+
+def test_class_weighted_cross_entropy():
+    task = build_task("sax-seg", {"ce_class_weights": [1.0, 1.0, 1.0, 5.0], "dice_weight": 0.0})
+    plain = build_task("sax-seg", {"dice_weight": 0.0})
+    logits = torch.zeros(1, 4, 2, 2)
+    target = torch.tensor([[[0, 3], [3, 3]]])
+    # uniform logits: every pixel costs log(4); weighting changes the weighted mean only by class mix
+    assert task._seg_loss(logits, target).item() == pytest.approx(math.log(4))
+    logits[0, 0] = 2.0  # background favoured: the RV pixels now cost more, and count 5x
+    per_pixel = torch.nn.functional.cross_entropy(logits, target, reduction="none")[0]
+    expected = (per_pixel[0, 0] + 5 * per_pixel[target[0] == 3].sum()) / (1 + 5 * 3)
+    assert task._seg_loss(logits, target).item() == pytest.approx(expected.item(), rel=1e-5)
+    assert task._seg_loss(logits, target).item() > plain._seg_loss(logits, target).item()
+    with pytest.raises(CmrfmError, match="ce_class_weights has 2 values"):
+        build_task("sax-seg", {"ce_class_weights": [1.0, 2.0]})._seg_loss(logits, target)
+
+
 def test_sax_seg_simulated_subjects_train_but_never_evaluate(acdc_root):
     import numpy as np
 

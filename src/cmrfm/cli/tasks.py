@@ -48,7 +48,9 @@ def _finetune_config(
 def finetune(
     task: str = typer.Option(..., "--task", "-t", help="Task id (see `cmrfm tasks`)."),
     init: Path = typer.Option(
-        None, "--init", help="Pretrained backbone .safetensors (default: from scratch)."
+        None,
+        "--init",
+        help="Pretrained backbone .safetensors, or another task's model to start from (default: scratch).",
     ),
     mode: str = typer.Option(None, "--mode", help="full | frozen | linear."),
     config: list[Path] = typer.Option(None, "--config", "-c", help="YAML config(s), merged in order."),

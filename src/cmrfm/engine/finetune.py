@@ -47,6 +47,9 @@ from cmrfm.tasks.base import BaselineModel, EvalResult, Task, TaskData, TaskMode
 
 Mode = Literal["full", "frozen", "linear"]
 
+#: Format tag in the card of a fine-tuned task model.
+TASK_MODEL_FORMAT = "cmrfm-task/1"
+
 
 @dataclass
 class FinetuneConfig:
@@ -56,7 +59,8 @@ class FinetuneConfig:
         task: Task id (``cmrfm tasks`` lists them).
         model: ``vit`` (backbone + task head) or ``baseline`` (the task's conventional model:
             DynUNet for dense tasks, a small CNN for classification) for matched-budget comparisons.
-        init: Pretrained backbone (.safetensors); ``None`` trains from scratch.
+        init: Pretrained backbone (.safetensors), or another task's fine-tuned model (its backbone
+            plus every head tensor of matching name and shape); ``None`` trains from scratch.
         preset: Backbone preset when training from scratch.
         backbone: Architecture overrides of the preset when training from scratch (e.g. ``depth``).
         image_size: Training image side (positional embeddings are resized from the backbone's).
@@ -179,6 +183,8 @@ def build_model(task: Task, cfg: FinetuneConfig) -> tuple[TaskModel | BaselineMo
         if cfg.init or cfg.mode != "full":
             raise ConfigError("model=baseline trains from scratch: leave init empty and mode=full")
         return BaselineModel(task, task.build_baseline(cfg.image_size)), card
+    if cfg.init and _is_task_model(cfg.init):
+        return _transfer_from_task_model(task, cfg)
     if cfg.init:
         backbone, card = load_backbone(cfg.init)
     else:
@@ -188,6 +194,44 @@ def build_model(task: Task, cfg: FinetuneConfig) -> tuple[TaskModel | BaselineMo
     head = task.build_head(bcfg.embed_dim, len(bcfg.levels()), bcfg.patch_size, linear=linear)
     if cfg.mode in ("frozen", "linear"):
         backbone.requires_grad_(False)
+    return TaskModel(task, backbone, head), card
+
+
+def _is_task_model(path: str | Path) -> bool:
+    from cmrfm.engine.checkpoint import load_weights
+
+    return load_weights(path)[1].get("format") == TASK_MODEL_FORMAT
+
+
+def _transfer_from_task_model(task: Task, cfg: FinetuneConfig) -> tuple[TaskModel, dict[str, Any]]:
+    """Starts from another task's fine-tuned model: its backbone and the matching head tensors.
+
+    Every head tensor whose name and shape match this task's head is copied (e.g. a cine
+    ``sax-seg`` decoder for ``lge-seg``); the rest (the output layers, with another class count)
+    start fresh.
+    """
+    source, source_card = load_task_model(cfg.init)
+    if not isinstance(source, TaskModel) or source_card.get("backbone_stored") is False:
+        raise ConfigError(
+            f"init={cfg.init}: this {source_card['task']!r} model stores no ViT backbone, so it cannot "
+            f"initialise {task.info.id!r}; use a pretrained backbone or another task model"
+        )
+    backbone = source.backbone
+    bcfg: ViTConfig = backbone.cfg
+    head = task.build_head(bcfg.embed_dim, len(bcfg.levels()), bcfg.patch_size, linear=cfg.mode == "linear")
+    own = head.state_dict()
+    matched = {k: v for k, v in source.head.state_dict().items() if k in own and own[k].shape == v.shape}
+    head.load_state_dict(matched, strict=False)
+    if cfg.mode in ("frozen", "linear"):
+        backbone.requires_grad_(False)
+    card = {
+        "objective": f"{source_card['task']} ({source_card.get('init', 'unknown')})",
+        "transfer": {
+            "from_task": source_card["task"],
+            "head_tensors_transferred": len(matched),
+            "head_tensors": len(own),
+        },
+    }
     return TaskModel(task, backbone, head), card
 
 
@@ -345,7 +389,7 @@ def export_model(
 ) -> Path:
     """Saves backbone + head (or baseline) weights as safetensors with a task model card."""
     full = {
-        "format": "cmrfm-task/1",
+        "format": TASK_MODEL_FORMAT,
         "cmrfm_version": __version__,
         "task": model.task.info.id,
         "architecture": model_architecture(model, image_size),
@@ -366,7 +410,7 @@ def load_task_model(path: str | Path) -> tuple[TaskModel | BaselineModel, dict[s
     from cmrfm.engine.checkpoint import load_weights
 
     tensors, card = load_weights(path)
-    if card.get("format") != "cmrfm-task/1" or "task" not in card:
+    if card.get("format") != TASK_MODEL_FORMAT or "task" not in card:
         raise InputError(path, "not a cmrfm task model (its card has no task; is it a backbone?)")
     task = build_task(card["task"], card.get("task_config") or {})
     arch = card.get("architecture") or {}
@@ -416,6 +460,7 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> RunResult:
         "model": cfg.model,
         "init": init_card.get("objective", "scratch") if cfg.init else "scratch",
         "init_weights": Path(cfg.init).name if cfg.init else None,
+        **({"transfer": init_card["transfer"]} if "transfer" in init_card else {}),
         "data": data.description,
         "train_subjects": len(train_ids),
         "eval_subjects": len(eval_ids),

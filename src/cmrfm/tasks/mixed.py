@@ -45,6 +45,28 @@ class ChainItems(Sequence[dict[str, Any]]):
         return self.parts[part][index - int(self.offsets[part])]
 
 
+class OversampledItems(Sequence[dict[str, Any]]):
+    """Items with the chosen ones repeated (e.g. slices holding scar), so an epoch sees them more.
+
+    Args:
+        items: The items.
+        chosen: Positions in ``items`` to repeat.
+        repeats: How often each chosen item appears in all (1 = as given).
+    """
+
+    def __init__(self, items: Sequence[dict[str, Any]], chosen: Sequence[int], repeats: int) -> None:
+        if repeats < 1:
+            raise ValueError(f"repeats must be >= 1, got {repeats}")
+        self.items = items
+        self.index = list(range(len(items))) + [int(i) for i in chosen] * (repeats - 1)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:  # type: ignore[override]
+        return self.items[self.index[index]]
+
+
 def real_cache(name: str, root: str, cache: str, size: int, extra: Sequence[str] = ()) -> PreparedCache:
     """A prepared cache of dataset ``name`` at ``size`` pixels (the default cache when size is default).
 
