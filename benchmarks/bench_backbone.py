@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 import torch
 from torch import nn
 
-from cmrfm.models.vit import VisionTransformer, vit_config
+from cmrfm.models.vit import VisionTransformer, compile_blocks, vit_config
 from cmrfm.pretrain.loop import _flop_formulas
 
 IMG = 128
@@ -32,6 +32,8 @@ MEM_KEY = {
     "cmrfm-matmul": "ours",
     "cmrfm-sdpa": "ours",
     "monai-ViT": "monai",
+    "cmrfm-compiled": "ours",
+    "monai-compiled": "monai",
     "cmrfm-MAE": "ours-mae",
     "monai-MAE": "monai-mae",
 }
@@ -162,16 +164,20 @@ def activation_bytes(model: nn.Module, x: torch.Tensor, dtype: torch.dtype | Non
 class Candidate:
     """One model/precision under test: a training step closure and its FLOP count."""
 
-    def __init__(self, name: str, model: nn.Module, batch: int, dtype: torch.dtype | None) -> None:
+    def __init__(
+        self, name: str, model: nn.Module, batch: int, dtype: torch.dtype | None, flops: float | None = None
+    ) -> None:
         from torch.utils.flop_counter import FlopCounterMode
 
         self.name, self.model, self.batch, self.dtype = name, model, batch, dtype
         self.opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
         self.x = torch.randn(batch, 1, IMG, IMG)
-        with FlopCounterMode(display=False) as counter:
-            self.step()
-        self.flops = counter.get_total_flops()
-        self.step()  # warm-up
+        if flops is None:
+            with FlopCounterMode(display=False) as counter:
+                self.step()
+            flops = counter.get_total_flops()
+        self.flops = flops  # a compiled model does the eager model's FLOPs (given, not counted)
+        self.step()  # warm-up (compiles a compiled model)
         self.times: list[float] = []
 
     def step(self) -> None:
@@ -201,6 +207,9 @@ def main() -> None:
     parser.add_argument(
         "--mae", action="store_true", help="also compare MAE with MONAI's MaskedAutoEncoderViT"
     )
+    parser.add_argument(
+        "--compile", action="store_true", help="also time torch.compile'd blocks (bf16; ~1 min to compile)"
+    )
     parser.add_argument("--presets", nargs="+", default=["tiny"], help="presets to measure (tiny, small)")
     parser.add_argument("--rounds", type=int, default=0, help="timing rounds (0 = 4, quick 3)")
     parser.add_argument("--out", default=None, help="write results as JSON here")
@@ -224,6 +233,23 @@ def main() -> None:
             torch.manual_seed(0)
             monai = MonaiWrap(base.depth, base.embed_dim, base.num_heads)
             cands.append((prec, Candidate("monai-ViT", monai, batch, dtype)))
+            if args.compile and dtype is not None:
+                # torch.compile'd transformer blocks (cmrfm's `compile=true`), and MONAI's blocks
+                # compiled the same way, so the comparison stays like for like
+                torch.manual_seed(0)
+                ours_c = OursWrap(vit_config(preset, attention="matmul"))
+                compile_blocks(ours_c)
+                eager_flops = {c.name: c.flops for p, c in cands if p == prec}
+                cands.append(
+                    (prec, Candidate("cmrfm-compiled", ours_c, batch, dtype, eager_flops["cmrfm-matmul"]))
+                )
+                torch.manual_seed(0)
+                monai_c = MonaiWrap(base.depth, base.embed_dim, base.num_heads)
+                for block in monai_c.net.blocks:
+                    block.compile()
+                cands.append(
+                    (prec, Candidate("monai-compiled", monai_c, batch, dtype, eager_flops["monai-ViT"]))
+                )
             mem[(prec, "ours")] = activation_bytes(OursWrap(base), torch.randn(4, 1, IMG, IMG), dtype) / 4
             mem[(prec, "monai")] = activation_bytes(monai, torch.randn(4, 1, IMG, IMG), dtype) / 4
             if args.mae:
@@ -278,6 +304,13 @@ def main() -> None:
             rs = {r["model"]: r for r in results if r["preset"] == preset and r["precision"] == prec}
             ours = max(rs["cmrfm-matmul"]["images_per_s"], rs["cmrfm-sdpa"]["images_per_s"])
             print(f"{preset:5s} {prec} cmrfm/MONAI ViT speed: {ours / rs['monai-ViT']['images_per_s']:.2f}x")
+            if "cmrfm-compiled" in rs:
+                fast = rs["cmrfm-compiled"]["images_per_s"]
+                print(
+                    f"{preset:5s} {prec} compiled cmrfm / MONAI ViT: "
+                    f"{fast / rs['monai-ViT']['images_per_s']:.2f}x; "
+                    f"/ compiled MONAI: {fast / rs['monai-compiled']['images_per_s']:.2f}x"
+                )
             monai_mae = [r for r in results if r["preset"] == preset and r["model"] == "monai-MAE"]
             if "cmrfm-MAE" in rs and monai_mae:
                 best = max(monai_mae, key=lambda r: r["images_per_s"])

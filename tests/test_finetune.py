@@ -140,3 +140,10 @@ def test_init_from_a_features_only_model_is_clear(tmp_path):
     )
     with pytest.raises(ConfigError, match="stores no ViT backbone"):
         finetune(_cfg(tmp_path / "sax", init=str(source.weights)), progress=False)
+
+
+def test_compiled_run_exports_plain_weights(tmp_path):
+    """compile=true trains through torch.compile'd blocks; the exported model loads without it."""
+    result = finetune(_cfg(tmp_path, compile=True, steps=2, export_fp16=False), progress=False)
+    model, card = load_task_model(result.weights)
+    assert card["steps"] == 2 and not any("_orig_mod" in k for k in model.state_dict())

@@ -115,3 +115,23 @@ def test_save_load_roundtrip_and_wrong_architecture(tmp_path):
 
 def test_is_module():
     assert isinstance(build_backbone("tiny"), VisionTransformer)
+
+
+def test_compiled_blocks_match_eager_and_keep_state_keys():
+    from cmrfm.models.vit import compile_blocks
+
+    torch.manual_seed(0)
+    eager = VisionTransformer(vit_config("tiny", embed_dim=32, depth=2, num_heads=2, img_size=32))
+    compiled = VisionTransformer(eager.cfg)
+    compiled.load_state_dict(eager.state_dict())
+    assert compile_blocks(compiled) == 2
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+    x = torch.randn(3, 1, 32, 32)
+    outs = []
+    for model in (eager, compiled):
+        model.train()
+        y = model.forward_features(x)
+        (y.cls.pow(2).sum() + sum(level.mean() for level in y.levels)).backward()
+        outs.append((y.cls.detach(), model.blocks[0].mlp.fc1.weight.grad.clone()))
+    torch.testing.assert_close(outs[0][0], outs[1][0], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(outs[0][1], outs[1][1], atol=1e-4, rtol=1e-4)

@@ -41,7 +41,7 @@ from cmrfm.engine.optim import (
 )
 from cmrfm.errors import ConfigError, InputError
 from cmrfm.models.factory import architecture, build_backbone, check_architecture, load_backbone
-from cmrfm.models.vit import ViTConfig
+from cmrfm.models.vit import ViTConfig, compile_blocks
 from cmrfm.tasks import TASKS
 from cmrfm.tasks.base import BaselineModel, EvalResult, Task, TaskData, TaskModel
 
@@ -74,6 +74,8 @@ class FinetuneConfig:
         k_subjects: Few-shot: train on this many subjects of the training folds (0 = all).
         seed: Seed for splits, sampling, initialisation and augmentation.
         amp: ``auto`` (bf16 where measured faster), ``bf16`` or ``off``.
+        compile: Compile the backbone's transformer blocks with ``torch.compile`` (~10 % faster
+            training on a 2-core CPU after a ~15 s compilation).
         ckpt_every: Checkpoint interval in steps.
         log_every: Log interval in steps.
         out: Run folder.
@@ -110,6 +112,7 @@ class FinetuneConfig:
     k_subjects: int = 0
     seed: int = 0
     amp: Literal["auto", "bf16", "off"] = "auto"
+    compile: bool = False
     ckpt_every: int = 200
     log_every: int = 20
     out: str = "runs/finetune"
@@ -317,6 +320,8 @@ def train_steps(
         optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
         start = state["step"]
+    if cfg.compile:
+        compile_blocks(model)
     device = torch.device("cpu")
     log_path = out / "train_log.csv"
     log = log_path.open("a" if start else "w")

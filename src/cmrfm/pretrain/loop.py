@@ -27,7 +27,7 @@ from cmrfm.engine.checkpoint import CheckpointManager, rng_state, set_rng_state
 from cmrfm.engine.optim import apply_schedules, build_adamw, clip_gradients, cosine_schedule, param_groups
 from cmrfm.errors import CmrfmError, ConfigError
 from cmrfm.models.factory import architecture, build_backbone
-from cmrfm.models.vit import ViTConfig, vit_config
+from cmrfm.models.vit import ViTConfig, compile_blocks, vit_config
 from cmrfm.pretrain.config import PretrainConfig
 from cmrfm.pretrain.data import Mixture
 from cmrfm.pretrain.dino import DINO
@@ -166,6 +166,8 @@ class Trainer:
         self.set_total_steps(cfg.steps if self.planned else PROVISIONAL_STEPS)
         self.data = Mixture(cfg.data, cfg.seed, ctx.rank, ctx.world_size)
         self.flops_per_step = self.count_flops(0) * ctx.world_size  # before DDP hooks exist
+        if cfg.compile:
+            compile_blocks(self.objective)  # after FLOP counting, which runs eagerly
         self.model: nn.Module = self.objective
         if ctx.distributed:
             ids = [ctx.device.index] if ctx.device.type == "cuda" else None
