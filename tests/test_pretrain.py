@@ -105,6 +105,19 @@ def test_resume_is_exact_and_dino_pieces_behave(tmp_path):
     assert not torch.equal(step0["teacher_backbone.pos_embed"], step0["backbone.pos_embed"])
 
 
+def test_compiled_run_matches_the_eager_run(tmp_path):
+    """compile=true trains like eager mode (fp32, so only fusion rounding differs)."""
+    common = ("objective=mae", "steps=2", "precision=fp32")
+    eager = pretrain(config(tmp_path, *common, name="eager"))
+    compiled = pretrain(config(tmp_path, *common, "compile=true", name="compiled"))
+    assert compiled.last_loss == pytest.approx(eager.last_loss, rel=1e-4)
+    a = load_checkpoint(tmp_path / "eager" / "checkpoints" / "last.pt")["objective"]
+    b = load_checkpoint(tmp_path / "compiled" / "checkpoints" / "last.pt")["objective"]
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-4, rtol=1e-3)
+
+
 def test_resume_other_architecture_is_a_clear_error(tmp_path):
     pretrain(config(tmp_path, "steps=2", "objective=mae"))
     with pytest.raises(ConfigError, match="another architecture"):
