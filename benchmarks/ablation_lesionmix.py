@@ -30,6 +30,7 @@ from pathlib import Path
 
 from results import replace_section
 
+from cmrfm.config import merge_into, parse_overrides
 from cmrfm.engine.finetune import FinetuneConfig, finetune
 
 HEADING = "## LesionMix ablation on EMIDEC (benchmarks/ablation_lesionmix.py)"
@@ -42,7 +43,11 @@ def run_arm(args: argparse.Namespace, fold: int, lesionmix: float) -> dict[str, 
     saved = out / "metrics.json"
     if saved.is_file():
         data = json.loads(saved.read_text())
-        return {**data["metrics"], "seconds": float(data.get("seconds", float("nan")))}
+        seconds = data.get("seconds")
+        card = out / "model.json"
+        if seconds is None and card.is_file():  # a run made by `cmrfm finetune` itself
+            seconds = json.loads(card.read_text()).get("train_seconds")
+        return {**data["metrics"], "seconds": float(seconds if seconds is not None else "nan")}
     cfg = FinetuneConfig(
         task="lge-seg",
         model=args.model,
@@ -59,6 +64,9 @@ def run_arm(args: argparse.Namespace, fold: int, lesionmix: float) -> dict[str, 
         ckpt_every=max(args.steps // 4, 1),
         task_options={"lesionmix": lesionmix},
     )
+    if args.set:
+        cfg = merge_into(cfg, parse_overrides(args.set))
+        cfg.task_options = {**cfg.task_options, "lesionmix": lesionmix}
     start = time.perf_counter()
     result = finetune(cfg, progress=not args.quiet)
     seconds = time.perf_counter() - start
@@ -93,7 +101,8 @@ def table(args: argparse.Namespace, folds: list[int], base: list[dict], mixed: l
         f"(preset {args.preset}), mode {args.mode}, {args.steps} steps × batch {args.batch_size} at "
         f"{args.image_size} px, seed {args.seed}; {args.folds}-fold case-level split of EMIDEC "
         f"(stratified normal/infarct), folds run: {','.join(map(str, folds))}. LesionMix probability "
-        f"{args.lesionmix:g} vs 0; everything else identical.",
+        f"{args.lesionmix:g} vs 0; everything else identical"
+        + (f" (shared overrides: {', '.join(f'`{o}`' for o in args.set)})." if args.set else "."),
         "",
         "| fold | infarct Dice, no LesionMix | infarct Dice, LesionMix | MVO Dice, no | MVO Dice, LesionMix "
         "| mean Dice, no | mean Dice, LesionMix | minutes (no / LM) |",
@@ -131,6 +140,13 @@ def main() -> None:
     parser.add_argument("--mode", default="full", choices=("full", "frozen", "linear"))
     parser.add_argument(
         "--lesionmix", type=float, default=0.5, help="LesionMix probability of the second arm"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="further finetune overrides shared by both arms (e.g. task_options.lesion_oversample=2)",
     )
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--run-folds", default="0,1,2,3,4", help="comma-separated folds to run")
