@@ -285,8 +285,11 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
-def run(cv: Path, acdc: Path, out: Path, patients: int, write: bool) -> dict[str, float]:
-    """Evaluates every held-out patient (the first ``patients`` when > 0); writes CSV, JSON, plot."""
+def run(cv: Path, acdc: Path, out: Path, patients: int, write: bool, tta: bool = False) -> dict[str, float]:
+    """Evaluates every held-out patient (the first ``patients`` when > 0); writes CSV, JSON, plot.
+
+    ``tta`` analyses with test-time flips (``cmrfm analyze --tta``).
+    """
     folds = held_out_fold(cv)
     present = {int(w.stem.removeprefix("fold")) for w in cv.glob("fold*.safetensors")}
     missing = sorted(set(folds.values()) - present)
@@ -304,7 +307,7 @@ def run(cv: Path, acdc: Path, out: Path, patients: int, write: bool) -> dict[str
         for n, patient in enumerate(ids):
             fold = folds[patient]
             if fold not in bundles:
-                bundles[fold] = ModelBundle.from_files({"sax-seg": cv / f"fold{fold}.safetensors"})
+                bundles[fold] = ModelBundle.from_files({"sax-seg": cv / f"fold{fold}.safetensors"}, tta=tta)
             rows.append({"fold": fold, **evaluate_patient(acdc / patient, bundles[fold], Path(tmp) / str(n))})
     features = {r["patient"]: r.pop("shape_features") for r in rows}
     with (out / "per_patient.csv").open("w", newline="") as handle:
@@ -316,7 +319,7 @@ def run(cv: Path, acdc: Path, out: Path, patients: int, write: bool) -> dict[str
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot = bland_altman(rows, out / "bland_altman.png")
     cards = {f: b.models["sax-seg"].card for f, b in bundles.items()}
-    section = _section(summary, cards, cv, len(ids))
+    section = _section(summary, cards, cv, len(ids), tta)
     print(section)
     if write:
         _write_section(section, plot)
@@ -337,7 +340,7 @@ def rewrite_from(out: Path, cv: Path) -> str:
     return section
 
 
-def _section(summary: dict[str, float], cards: dict[int, dict], cv: Path, n: int) -> str:
+def _section(summary: dict[str, float], cards: dict[int, dict], cv: Path, n: int, tta: bool = False) -> str:
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     trained = all(c.get("steps") for c in cards.values())
     shown = cv.relative_to(ROOT) if cv.is_relative_to(ROOT) else cv
@@ -345,7 +348,7 @@ def _section(summary: dict[str, float], cards: dict[int, dict], cv: Path, n: int
         HEADING,
         "",
         f"Machine: {platform.node() or 'unknown'}, {platform.machine()}. Date: {now}. "
-        f"Command: `python benchmarks/analyze_acdc_cv.py --cv {shown} --write`. "
+        f"Command: `python benchmarks/analyze_acdc_cv.py --cv {shown}{' --tta' if tta else ''} --write`. "
         f"{n} patients, folds {sorted(cards)}; each patient analysed by the fold model that held it out"
         + ("" if trained else " (**untrained weights: numbers are meaningless**)")
         + ".",
@@ -402,6 +405,7 @@ def main(argv: list[str] | None = None) -> dict[str, float] | None:
     parser.add_argument("--write", action="store_true", help="rewrite this section of RESULTS.md")
     parser.add_argument("--write-splits", type=int, default=0, metavar="K", help="write a K-fold splits.json")
     parser.add_argument("--seed", type=int, default=0, help="split seed for --write-splits")
+    parser.add_argument("--tta", action="store_true", help="analyse with test-time flips")
     parser.add_argument(
         "--rewrite-from", type=Path, default=None, help="re-render RESULTS.md from an earlier --out folder"
     )
@@ -417,7 +421,7 @@ def main(argv: list[str] | None = None) -> dict[str, float] | None:
         return None
     if not any(args.cv.glob("fold*.safetensors")):
         raise SystemExit(f"no fold models in {args.cv}: train them first (see docstring); awaiting weights")
-    return run(args.cv, acdc, args.out, args.patients, args.write)
+    return run(args.cv, acdc, args.out, args.patients, args.write, tta=args.tta)
 
 
 if __name__ == "__main__":

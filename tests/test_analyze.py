@@ -244,6 +244,10 @@ def test_tta_adds_flip_variance(tiny_weights):
     assert plain.probs.shape == (3, 4, 32, 32)
     np.testing.assert_allclose(plain.probs.sum(axis=1), 1.0, atol=1e-4)
     assert (plain.level_variance >= 0).all()
+    # the OOD statistic is the plain pass's entropy with or without TTA (cards calibrate on it)
+    np.testing.assert_allclose(tta.ood_entropy(), plain.ood_entropy(), atol=1e-3)
+    np.testing.assert_allclose(plain.ood_entropy(), plain.entropy())
+    assert not np.allclose(tta.entropy(), tta.ood_entropy(), atol=1e-3)  # the flips' mean differs
 
 
 def test_single_4d_nifti_file(tmp_path, tiny_weights):

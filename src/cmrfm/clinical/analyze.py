@@ -292,7 +292,7 @@ class SegRun:
         grid_labels: ``(H, W, Z, T)`` cleaned internal labels on the model grid.
         labels: ``(X, Y, Z, T)`` internal labels on the series' own grid.
         uncertainty: ``(T, Z, C, H, W)`` per-class uncertainty (level variance [+ TTA variance]).
-        entropy: ``(T, Z, H, W)`` normalised predictive entropy.
+        entropy: ``(T, Z, H, W)`` normalised predictive entropy of the plain (un-flipped) pass.
         label_ids: Internal label id of each model class.
         parts: For a pseudo-cine: the input series of each frame.
     """
@@ -600,7 +600,7 @@ def segment_series(
         grid_labels=grid,
         labels=labels,
         uncertainty=uncertainty.reshape(t_n, z_n, c, h, w).astype(np.float16),
-        entropy=pred.entropy().reshape(t_n, z_n, h, w).astype(np.float16),
+        entropy=pred.ood_entropy().reshape(t_n, z_n, h, w).astype(np.float16),
         label_ids=label_ids,
         parts=list(parts or []),
     )

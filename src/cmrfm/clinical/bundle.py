@@ -102,11 +102,14 @@ class SegPrediction:
         probs: ``(N, C, H, W)`` class probabilities (mean over TTA when used).
         level_variance: ``(N, C, H, W)`` variance of class probabilities across decoder levels.
         tta_variance: ``(N, C, H, W)`` variance across TTA flips, or ``None`` without TTA.
+        identity_entropy: ``(N, H, W)`` normalised entropy of the un-flipped pass alone, kept with
+            TTA (``None`` without: then it is :meth:`entropy` itself).
     """
 
     probs: np.ndarray
     level_variance: np.ndarray
     tta_variance: np.ndarray | None = None
+    identity_entropy: np.ndarray | None = None
 
     @property
     def labels(self) -> np.ndarray:
@@ -116,6 +119,14 @@ class SegPrediction:
     def entropy(self) -> np.ndarray:
         """``(N, H, W)`` predictive entropy normalised to [0, 1] by ``log C``."""
         return normalised_entropy(self.probs, axis=1)
+
+    def ood_entropy(self) -> np.ndarray:
+        """``(N, H, W)`` entropy of the plain (un-augmented) prediction.
+
+        The OOD statistic: model cards calibrate their threshold on plain predictions, and the
+        mean over TTA flips is more uncertain by construction, so TTA must not raise the flag.
+        """
+        return self.identity_entropy if self.identity_entropy is not None else self.entropy()
 
 
 @dataclass
@@ -231,7 +242,7 @@ class ModelBundle:
         images_t = torch.as_tensor(np.asarray(images, np.float32))[:, None]  # (N, 1, H, W)
         size = tuple(images_t.shape[-2:])
         flips = TTA_FLIPS if self.tta else TTA_FLIPS[:1]
-        probs, level_var, tta_var = [], [], []
+        probs, level_var, tta_var, plain_entropy = [], [], [], []
         for part in self._chunks(len(images_t)):
             batch = images_t[part]
             outs, variances = [], []
@@ -250,10 +261,12 @@ class ModelBundle:
             level_var.append(torch.stack(variances).mean(0).numpy())
             if len(flips) > 1:
                 tta_var.append(stacked.var(0, unbiased=False).numpy())
+                plain_entropy.append(normalised_entropy(outs[0].numpy(), axis=1))
         return SegPrediction(
             probs=np.concatenate(probs),
             level_variance=np.concatenate(level_var),
             tta_variance=np.concatenate(tta_var) if tta_var else None,
+            identity_entropy=np.concatenate(plain_entropy) if plain_entropy else None,
         )
 
     @torch.no_grad()
