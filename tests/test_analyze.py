@@ -113,6 +113,8 @@ def test_example_end_to_end(tmp_path, tiny_weights):
     truth = json.loads((folder / "example_truth.json").read_text())  # the simulator's own numbers
     assert truth["lv_ef_pct"]["measured"] == m["lv_ef_pct"] and truth["diagnosis"]["truth"] == "MINF"
     assert 100 < truth["lv_edv_ml"]["truth"] < 200 and 10 < truth["lv_ef_pct"]["truth"] < 80
+    scar = truth["infarct_pct_of_lv_myocardium"]  # the MINF example has a transmural-ish infarct
+    assert 3 < scar["truth"] < 60 and scar["measured"] == m["lge"]["infarct_pct_of_lv_myocardium"]
     rows = read_csv(out / "measurements.csv")
     assert [r["study"] for r in rows] == ["example"]
     assert read_csv(out / "failures.csv") == []

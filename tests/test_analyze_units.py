@@ -197,3 +197,16 @@ def test_unique_folder_suffixes(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "a-2").mkdir()
     assert unique_folder(tmp_path, "a") == tmp_path / "a-3"
+
+
+def test_infarct_percent_counts_scar_and_mvo_within_the_whole_myocardium():
+    from cmrfm.cli.analyze import infarct_percent
+    from cmrfm.constants import Label
+
+    labels = np.zeros((4, 4, 2), np.uint8)
+    labels[0, :, 0] = Label.MYO  # 4 px
+    labels[1, :2, 0] = Label.INFARCT  # 2 px
+    labels[1, 2:, 1] = Label.MVO  # 2 px
+    labels[2, :, 1] = Label.LV  # blood pool: not myocardium
+    assert infarct_percent(labels) == 50.0
+    assert infarct_percent(np.zeros((2, 2), np.uint8)) == 0.0

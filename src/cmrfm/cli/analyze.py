@@ -15,9 +15,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import typer
 
-from cmrfm.constants import FUNCTION_KEYS
+from cmrfm.constants import FUNCTION_KEYS, Label
+from cmrfm.constants import Sequence as MRSequence
 
 #: Scalar measurement columns of measurements.csv, in order (others follow alphabetically).
 CSV_FIRST = ("study", *FUNCTION_KEYS, "ed_frame", "es_frame")
@@ -81,7 +83,17 @@ def write_example_input(folder: Path, seed: int = EXAMPLE_SEED) -> tuple[Path, d
     truth: dict[str, Any] = {"group": str(study.clinical.group.value)}
     for key, measured, scale in EXAMPLE_TRUTH_KEYS:
         truth[measured] = round(float(simulated[key]) * scale, 1)
+    lge = [s for s in study.series if s.sequence == MRSequence.LGE and s.labels]
+    if lge:
+        truth["infarct_pct_of_lv_myocardium"] = round(infarct_percent(lge[0].labels[0]), 1)
     return folder, truth
+
+
+def infarct_percent(labels: np.ndarray) -> float:
+    """Infarct (scar + MVO) as % of the LV myocardium (all three) in a label volume."""
+    scar = int(np.isin(labels, (Label.INFARCT, Label.MVO)).sum())
+    myocardium = int(np.isin(labels, (Label.MYO, Label.INFARCT, Label.MVO)).sum())
+    return 100.0 * scar / myocardium if myocardium else 0.0
 
 
 def compare_with_truth(m: dict[str, Any], truth: dict[str, Any]) -> dict[str, Any]:
@@ -93,6 +105,16 @@ def compare_with_truth(m: dict[str, Any], truth: dict[str, Any]) -> dict[str, An
             "measured": value,
             "truth": truth[key],
             "difference": None if value is None else round(value - truth[key], 1),
+        }
+    if "infarct_pct_of_lv_myocardium" in truth:
+        lge = m.get("lge")
+        lge = lge[0] if isinstance(lge, list) else lge
+        value = (lge or {}).get("infarct_pct_of_lv_myocardium")
+        expected = truth["infarct_pct_of_lv_myocardium"]
+        rows["infarct_pct_of_lv_myocardium"] = {
+            "measured": value,
+            "truth": expected,
+            "difference": None if value is None else round(value - expected, 1),
         }
     diagnosis = (m.get("diagnosis") or {}).get("label")
     rows["diagnosis"] = {"measured": diagnosis, "truth": truth["group"]}
@@ -208,7 +230,8 @@ def _report_example_truth(folder: Path, comparison: dict[str, Any], console: Any
     cells = [
         f"{key} {row['measured']} (truth {row['truth']})"
         for key, row in comparison.items()
-        if key in ("lv_ef_pct", "rv_ef_pct", "lv_edv_ml", "lv_mass_g", "diagnosis")
+        if key
+        in ("lv_ef_pct", "rv_ef_pct", "lv_edv_ml", "lv_mass_g", "infarct_pct_of_lv_myocardium", "diagnosis")
     ]
     console.print("example vs simulator truth: " + "; ".join(cells))
 
