@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import typer
 
-from cmrfm.constants import FUNCTION_KEYS, Label
+from cmrfm.constants import FUNCTION_KEYS
 from cmrfm.constants import Sequence as MRSequence
 
 #: Scalar measurement columns of measurements.csv, in order (others follow alphabetically).
@@ -91,8 +91,9 @@ def write_example_input(folder: Path, seed: int = EXAMPLE_SEED) -> tuple[Path, d
 
 def infarct_percent(labels: np.ndarray) -> float:
     """Infarct (scar + MVO) as % of the LV myocardium (all three) in a label volume."""
-    scar = int(np.isin(labels, (Label.INFARCT, Label.MVO)).sum())
-    myocardium = int(np.isin(labels, (Label.MYO, Label.INFARCT, Label.MVO)).sum())
+    from cmrfm.clinical.analyze import lge_voxel_counts
+
+    myocardium, scar, _ = lge_voxel_counts(labels)
     return 100.0 * scar / myocardium if myocardium else 0.0
 
 

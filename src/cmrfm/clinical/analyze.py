@@ -767,6 +767,13 @@ def classify_disease(
     }
 
 
+def lge_voxel_counts(mask: np.ndarray) -> tuple[int, int, int]:
+    """Voxels of LV myocardium (normal + infarct + MVO), of scar (infarct + MVO) and of MVO."""
+    myocardium = int(np.isin(mask, (Label.MYO, Label.INFARCT, Label.MVO)).sum())
+    scar = int(np.isin(mask, (Label.INFARCT, Label.MVO)).sum())
+    return myocardium, scar, int((mask == Label.MVO).sum())
+
+
 def lge_assessment(
     run: SegRun | None, series: Series, bundle: ModelBundle, cache: PreparedCache
 ) -> dict[str, Any]:
@@ -774,10 +781,7 @@ def lge_assessment(
     out: dict[str, Any] = {"series": series.name}
     if run is not None:
         voxel_ml = _pixel_area(series) * _slice_mm(series) * ML_PER_MM3
-        mask = run.labels[..., 0]
-        myo = int(np.isin(mask, (Label.MYO, Label.INFARCT, Label.MVO)).sum())
-        scar = int(np.isin(mask, (Label.INFARCT, Label.MVO)).sum())
-        mvo = int((mask == Label.MVO).sum())
+        myo, scar, mvo = lge_voxel_counts(run.labels[..., 0])
         out.update(
             {
                 "myocardium_ml": round(myo * voxel_ml, 2),

@@ -39,8 +39,8 @@ class LgeSegConfig(SegmentationConfig):
             move, rescale, re-intensify, remove and populate scar; :mod:`cmrfm.tasks.lesionmix`).
         lesionmix_options: LesionMix ranges.
         lesion_oversample: How often a training slice holding infarct or MVO appears per epoch
-            (1 = as often as any slice). Scar covers ~2 % of the pixels of a third of the slices;
-            repeating those slices keeps it in most batches.
+            (1 = as often as any slice). Scar covers only a few % of the pixels of the slices
+            that hold it; repeating those slices gives the scar classes more gradient.
     """
 
     root: str = ""
