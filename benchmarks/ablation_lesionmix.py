@@ -82,9 +82,9 @@ def _arm_metrics(args: argparse.Namespace, fold: int, lesionmix: float, out: Pat
         ckpt_every=max(args.steps // 4, 1),
         task_options={"lesionmix": lesionmix},
     )
-    if args.set:
-        cfg = merge_into(cfg, parse_overrides(args.set))
-        cfg.task_options = {**cfg.task_options, "lesionmix": lesionmix}
+    # shared overrides first, then the arm's own LesionMix probability, which always wins
+    cfg = merge_into(cfg, parse_overrides(args.set))
+    cfg = merge_into(cfg, {"task_options": {"lesionmix": lesionmix}})
     start = time.perf_counter()
     result = finetune(cfg, progress=not args.quiet)
     seconds = time.perf_counter() - start

@@ -71,3 +71,22 @@ def test_yaml12_booleans_keep_words(tmp_path):
     assert build_config(Amp, [], ["amp=off", "flag=on"]) == Amp(amp="off", flag=True)
     (tmp_path / "a.yaml").write_text("amp: off\nflag: true\n")
     assert build_config(Amp, [tmp_path / "a.yaml"]) == Amp(amp="off", flag=True)
+
+
+def test_dict_fields_merge_key_by_key(tmp_path):
+    """A command-line task option adds to the task options a YAML file set; it never drops them."""
+    from cmrfm.engine.finetune import FinetuneConfig
+
+    path = tmp_path / "run.yaml"
+    path.write_text("task_options:\n  lesionmix: 0.5\n  augment:\n    flip_prob: 0.2\n")
+    cfg = build_config(
+        FinetuneConfig,
+        yaml_paths=[path],
+        overrides=["task_options.lesion_oversample=2", "task_options.augment.rotate_deg=5"],
+    )
+    assert cfg.task_options == {
+        "lesionmix": 0.5,
+        "lesion_oversample": 2,
+        "augment": {"flip_prob": 0.2, "rotate_deg": 5},
+    }
+    assert build_config(FinetuneConfig, [path], ["task_options.lesionmix=0"]).task_options["lesionmix"] == 0

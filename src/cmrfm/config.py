@@ -131,6 +131,9 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
 def merge_into(config: C, values: Mapping[str, Any], prefix: str = "") -> C:
     """Returns a copy of dataclass ``config`` with ``values`` (possibly nested) merged in.
 
+    Nested dataclasses and plain dict fields (e.g. ``task_options``) are merged key by key, so
+    ``task_options.b=2`` on the command line keeps the ``task_options.a`` a YAML file set.
+
     Raises:
         ConfigError: On a key the dataclass does not have, or a value of the wrong type.
     """
@@ -143,6 +146,8 @@ def merge_into(config: C, values: Mapping[str, Any], prefix: str = "") -> C:
         current = getattr(config, name)
         if dataclasses.is_dataclass(current) and isinstance(value, Mapping):
             updates[name] = merge_into(current, value, prefix=f"{prefix}{name}.")
+        elif isinstance(current, Mapping) and isinstance(value, Mapping):
+            updates[name] = _coerce(_deep_merge(dict(current), value), types_by_name[name], prefix + name)
         else:
             updates[name] = _coerce(value, types_by_name[name], prefix + name)
     return dataclasses.replace(config, **updates)
