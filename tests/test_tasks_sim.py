@@ -7,6 +7,7 @@ from scipy import ndimage
 
 from cmrfm.constants import Label
 from cmrfm.engine.finetune import build_task
+from cmrfm.errors import ConfigError
 from cmrfm.tasks.augment import AugmentConfig
 from cmrfm.tasks.items import ItemDataset, phantom_slice
 from cmrfm.tasks.landmarks import LAX_SLOTS, SAX_SLOTS, lax_landmark_item
@@ -194,3 +195,23 @@ def test_quality_grades_cycle_and_items_match():
     assert labels == {0, 1, 2}
     first = dataset[len(dataset) - 1]["image"]
     assert torch.equal(first, dataset[len(dataset) - 1]["image"])  # corruption is deterministic
+
+
+def test_quality_cohort_draws_the_configured_grade_mix():
+    task = build_task("quality-cls")
+    assert task.sim_overrides() == ("artefact.grade_probs=[1.0,1.0,1.0]",)
+    only_severe = build_task("quality-cls", {"sim_grade_probs": [0, 0, 1]}).sim_overrides()
+    tiny = tiny_spec(1, 32)
+    spec = CohortSpec(
+        subjects=1,
+        n_frames=3,
+        size=32,
+        spacing_mm=tiny.spacing_mm,
+        sim_overrides=tiny.sim_overrides + only_severe,
+    )
+    assert spec.key() != tiny.key()  # its own cache folder
+    subject = simulate_subject(0, spec)
+    grades = {r["grade"] for r in subject.rows if r["sequence"] in ("cine", "lge")}
+    assert grades == {3}
+    with pytest.raises(ConfigError, match="sim_grade_probs"):
+        build_task("quality-cls", {"sim_grade_probs": [1, 1]}).sim_overrides()

@@ -70,6 +70,10 @@ class MixedSourceClassification(ClassificationTask):
         """Simulated slices per subject (per class or series) at the real budget."""
         raise NotImplementedError
 
+    def sim_overrides(self) -> tuple[str, ...]:
+        """Extra simulator ``key=value`` settings of the task's cohort (none by default)."""
+        return ()
+
     def synthetic_extra(self, num_subjects: int, image_size: int) -> dict[str, list[ItemMaker]]:
         """Extra phantom subjects for ``synthetic_data`` (none by default)."""
         return {}
@@ -106,7 +110,9 @@ class MixedSourceClassification(ClassificationTask):
         """Real slices (datasets found) plus the simulated cohort, stratified by source."""
         cfg = self.config
         makers, strata, notes = self._real() if cfg.real else ({}, {}, [])
-        cohort = sim_cohort(cfg.sim_subjects, cfg.sim_seed, cfg.sim_frames, cfg.image_size)
+        cohort = sim_cohort(
+            cfg.sim_subjects, cfg.sim_seed, cfg.sim_frames, cfg.image_size, overrides=self.sim_overrides()
+        )
         sim = self.sim_makers(cohort, self.sim_count)
         makers.update(sim)
         strata.update({s: "simulator" for s in sim})

@@ -24,6 +24,7 @@ import numpy as np
 
 from cmrfm.constants import Sequence as MRSequence
 from cmrfm.data.cache import PreparedCache
+from cmrfm.errors import ConfigError
 from cmrfm.tasks.augment import AugmentConfig
 from cmrfm.tasks.base import TaskInfo, register_task
 from cmrfm.tasks.items import phantom_slice
@@ -55,6 +56,9 @@ class QualityClsConfig(ClassificationConfig):
         sim_seed: Simulated cohort seed.
         sim_frames: Cine frames per cycle in the simulator.
         sim_per_series: Slices per simulated cine/LGE series (a series has one grade).
+        sim_grade_probs: Weights of grades 1, 2, 3 drawn per simulated series. Equal by default:
+            the simulator's own default (0.7, 0.2, 0.1) mimics a clinic's mix, which left the
+            model three grade-1 examples for every artefact example and it learnt to answer 1.
         augment: Augmentation ranges.
     """
 
@@ -68,6 +72,7 @@ class QualityClsConfig(ClassificationConfig):
     sim_seed: int = 0
     sim_frames: int = 6
     sim_per_series: int = 3
+    sim_grade_probs: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -140,6 +145,13 @@ class QualityCls(MixedSourceClassification):
     config_cls = QualityClsConfig
     real_sources = REAL_SOURCES
     real_note = "corrupted"
+
+    def sim_overrides(self) -> tuple[str, ...]:
+        """The grade mix of the simulated series (``sim_grade_probs``)."""
+        probs = self.config.sim_grade_probs
+        if len(probs) != len(GRADES) or min(probs) < 0 or sum(probs) <= 0:
+            raise ConfigError(f"task_options.sim_grade_probs must be three non-negative weights, got {probs}")
+        return (f"artefact.grade_probs=[{','.join(str(float(p)) for p in probs)}]",)
 
     @property
     def sim_count(self) -> int:

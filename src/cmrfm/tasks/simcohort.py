@@ -333,12 +333,24 @@ def tiny_cohort(num_subjects: int, image_size: int) -> tuple[SimSubject, ...]:
 
 
 def sim_cohort(
-    subjects: int, seed: int, n_frames: int, size: int, synthetic: bool = False
+    subjects: int,
+    seed: int,
+    n_frames: int,
+    size: int,
+    synthetic: bool = False,
+    overrides: Sequence[str] = (),
 ) -> Sequence[SimSubject]:
-    """The task-facing entry: the real-budget cohort, or the tiny one when ``synthetic``."""
+    """The task-facing entry: the real-budget cohort, or the tiny one when ``synthetic``.
+
+    ``overrides`` are extra simulator ``key=value`` settings of the real-budget cohort (its own
+    cache folder); the tiny cohort ignores them.
+    """
     if synthetic:
         return tiny_cohort(subjects, size)
-    return load_cohort(CohortSpec(subjects=subjects, seed=seed, n_frames=n_frames, size=size))
+    spec = CohortSpec(
+        subjects=subjects, seed=seed, n_frames=n_frames, size=size, sim_overrides=tuple(overrides)
+    )
+    return load_cohort(spec)
 
 
 def sim_item(subject: SimSubject, k: int) -> dict[str, Any]:
