@@ -270,3 +270,30 @@ def test_single_4d_nifti_file(tmp_path, tiny_weights):
     np.testing.assert_allclose(seg.affine, affine, atol=1e-6)
     m = json.loads((out / "cine" / "measurements.json").read_text())
     assert len(m["lv_volume_curve_ml"]) == 5 and m["cine_series"] == "cine"
+
+
+def test_infarct_presence_threshold_comes_from_the_lge_seg_card(monkeypatch):
+    from types import SimpleNamespace
+
+    from cmrfm.clinical import analyze as clinical
+    from cmrfm.constants import Label
+
+    monkeypatch.setattr(clinical, "_pixel_area", lambda series: 1.0)
+    monkeypatch.setattr(clinical, "_slice_mm", lambda series: 10.0)  # 0.01 mL per voxel
+    labels = np.zeros((20, 20, 1, 1), np.uint8)
+    labels[:10, :, 0, 0] = Label.MYO
+    labels[:4, :10, 0, 0] = Label.INFARCT  # 40 voxels = 0.4 mL of scar
+    run = SimpleNamespace(labels=labels)
+    series = SimpleNamespace(name="lge")
+
+    def assess(card):
+        models = {"lge-seg": SimpleNamespace(card=card)}
+        bundle = SimpleNamespace(models=models, has=lambda task: task in models)
+        return clinical.lge_assessment(run, series, bundle, cache=None)
+
+    default = assess({})
+    assert default["infarct_ml"] == pytest.approx(0.4) and default["infarct_present"] is False
+    assert f"{clinical.MIN_INFARCT_ML:g} mL" in default["infarct_present_source"]
+    calibrated = assess({"infarct_present_min_ml": 0.3})
+    assert calibrated["infarct_present"] is True and "0.3 mL" in calibrated["infarct_present_source"]
+    assert calibrated["infarct_pct_of_lv_myocardium"] == pytest.approx(20.0)  # 40 of 200 voxels

@@ -49,3 +49,14 @@ def test_install_with_status_and_cv_calibrated_ood(tmp_path):
         script.install(run.out, "sax-seg", "again", None, replace=False, weights=weights)
     with pytest.raises(SystemExit, match="not 'lge-seg'"):
         script.install(run.out, "lge-seg", "wrong", None, replace=True, weights=weights)
+
+
+def test_card_entries_parse_json_values():
+    script = _script()
+    assert script.card_entries(["infarct_present_min_ml=0.6", "note=plain text", "flags=[1,2]"]) == {
+        "infarct_present_min_ml": 0.6,
+        "note": "plain text",
+        "flags": [1, 2],
+    }
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        script.card_entries(["no-equals-sign"])

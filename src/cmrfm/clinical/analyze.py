@@ -83,7 +83,8 @@ DEFAULT_ENTROPY_MAX = 0.35
 #: Plausible in-plane pixel size (mm) and slice spacing (mm) of clinical CMR.
 PLAUSIBLE_PIXEL_MM = (0.3, 4.0)
 PLAUSIBLE_SLICE_MM = (2.0, 20.0)
-#: Infarct volume (mL) above which segmentation alone calls an infarct present.
+#: Infarct volume (mL) above which segmentation alone calls an infarct present, unless the
+#: ``lge-seg`` card carries its own calibrated ``infarct_present_min_ml``.
 MIN_INFARCT_ML = 1.0
 #: Slices used to classify a series (middle ones of frame 0).
 CLASSIFY_SLICES = 3
@@ -800,8 +801,10 @@ def lge_assessment(
         out["infarct_probability"] = round(float(probs[list(loaded.classes).index("present")]), 4)
         out["infarct_present_source"] = "lge-infarct"
     elif run is not None:
-        out["infarct_present"] = bool(out["infarct_ml"] >= MIN_INFARCT_ML)
-        out["infarct_present_source"] = f"segmentation (infarct ≥ {MIN_INFARCT_ML} mL)"
+        card = bundle.models["lge-seg"].card if bundle.has("lge-seg") else {}
+        min_ml = float(card.get("infarct_present_min_ml", MIN_INFARCT_ML))
+        out["infarct_present"] = bool(out["infarct_ml"] >= min_ml)
+        out["infarct_present_source"] = f"segmentation (infarct ≥ {min_ml:g} mL)"
     return out
 
 
