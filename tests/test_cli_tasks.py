@@ -47,3 +47,17 @@ def test_usage_errors_print_usage_not_traceback(capsys):
     assert main(["data", "inspect"]) == 2
     err = capsys.readouterr().err
     assert "Missing argument" in err and "Traceback" not in err
+
+
+def test_tasks_id_shows_every_setting(capsys):
+    assert main(["tasks", "lge-seg"]) == 0
+    out = capsys.readouterr().out
+    keys = [
+        "task_options.ce_class_weights",
+        "task_options.prior_correction",
+        "task_options.augment.rotate_deg",
+    ]
+    for key in [*keys, "optim.lr", "steps"]:
+        assert key in out, key
+    assert main(["tasks", "no-such-task"]) != 0
+    assert "unknown task 'no-such-task'" in capsys.readouterr().err

@@ -90,3 +90,30 @@ def test_dict_fields_merge_key_by_key(tmp_path):
         "augment": {"flip_prob": 0.2, "rotate_deg": 5},
     }
     assert build_config(FinetuneConfig, [path], ["task_options.lesionmix=0"]).task_options["lesionmix"] == 0
+
+
+@dataclass
+class _Documented:
+    """A config whose docstring documents its fields.
+
+    Attributes:
+        lr: Peak learning rate, reached after
+            the warm-up.
+        steps (int): Optimiser steps.
+    """
+
+    lr: float = 1e-3
+    steps: int = 5
+    optim: Optim = field(default_factory=lambda: Optim(lr=0.5))
+    note: str = ""
+
+
+def test_describe_fields_lists_every_key_with_default_and_docs():
+    from cmrfm.config import describe_fields
+
+    rows = {key: (default, meaning) for key, default, meaning in describe_fields(_Documented, "x.")}
+    assert list(rows) == ["x.lr", "x.steps", "x.optim.lr", "x.optim.betas", "x.note"]
+    assert rows["x.lr"] == (1e-3, "Peak learning rate, reached after the warm-up.")
+    assert rows["x.steps"] == (5, "Optimiser steps.")
+    assert rows["x.optim.lr"][0] == 0.5  # the parent's default for the nested config, not Optim's
+    assert rows["x.note"] == ("", "")

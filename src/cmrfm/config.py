@@ -238,3 +238,54 @@ def to_dict(config: Any) -> dict[str, Any]:
 def save_yaml(config: Any, path: str | Path) -> None:
     """Writes a config as YAML (the record of exactly what a run used)."""
     Path(path).write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+
+
+def _attribute_docs(cls: type) -> dict[str, str]:
+    """Field descriptions from the ``Attributes:`` sections of ``cls`` and its bases (Google style)."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        text = klass.__dict__.get("__doc__") or ""
+        lines = text.expandtabs().splitlines()
+        try:
+            start = next(i for i, line in enumerate(lines) if line.strip() == "Attributes:")
+        except StopIteration:
+            continue
+        name, indent = None, None
+        for line in lines[start + 1 :]:
+            if not line.strip():
+                continue
+            depth = len(line) - len(line.lstrip())
+            if indent is None:
+                indent = depth
+            if depth < indent:
+                break
+            match = re.match(r"(\w+)(?: \(.*?\))?:\s*(.*)", line.strip())
+            if depth == indent and match:
+                name = match.group(1)
+                docs[name] = match.group(2)
+            elif name is not None:
+                docs[name] = f"{docs[name]} {line.strip()}".strip()
+    return docs
+
+
+def describe_fields(config: Any, prefix: str = "") -> list[tuple[str, Any, str]]:
+    """Every settable key of a config dataclass: ``(dotted key, default, description)``.
+
+    Args:
+        config: A config dataclass (its defaults are shown) or an instance (its values).
+        prefix: Prepended to every key (e.g. ``"task_options."``).
+
+    Nested dataclass fields are expanded with the values their parent gives them
+    (``optim.lr``); descriptions come from the ``Attributes:`` docstring sections, empty where a
+    field has none.
+    """
+    instance = config() if isinstance(config, type) else config
+    docs = _attribute_docs(type(instance))
+    rows: list[tuple[str, Any, str]] = []
+    for f in dataclasses.fields(instance):
+        value = getattr(instance, f.name)
+        if dataclasses.is_dataclass(value):
+            rows += describe_fields(value, f"{prefix}{f.name}.")
+        else:
+            rows.append((f"{prefix}{f.name}", value, docs.get(f.name, "")))
+    return rows

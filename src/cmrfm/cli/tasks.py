@@ -12,13 +12,20 @@ from cmrfm.errors import ConfigError
 _KV_HELP = "Overrides as key=value (e.g. steps=500 optim.lr=1e-4 task_options.root=DIR)."
 
 
-def list_tasks() -> None:
-    """List the registered clinical tasks with their kind, data source and primary metric."""
+def list_tasks(
+    task: str = typer.Argument(
+        None, help="Show every setting of this task (task_options.* and the fine-tuning keys)."
+    ),
+) -> None:
+    """List the registered clinical tasks, or every setting of one task with its default."""
     from rich.table import Table
 
     from cmrfm.cli.display import console
     from cmrfm.tasks import TASKS
 
+    if task:
+        _show_task_settings(TASKS.get(task))
+        return
     table = Table(title="cmrfm tasks", title_justify="left")
     for column in ("id", "kind", "level", "data", "metric", "classes"):
         table.add_column(column)
@@ -26,6 +33,34 @@ def list_tasks() -> None:
         info = TASKS.get(task_id).info
         table.add_row(info.id, info.kind, info.level, info.data, info.metric, ", ".join(info.classes))
     console().print(table)
+    console().print("`cmrfm tasks ID` lists every setting of one task.")
+
+
+def _show_task_settings(task_cls) -> None:
+    """Two tables: the task's ``task_options.*`` and the fine-tuning run's own keys."""
+    from rich.table import Table
+
+    from cmrfm.cli.display import console
+    from cmrfm.config import describe_fields
+    from cmrfm.engine.finetune import FinetuneConfig
+
+    info = task_cls.info
+    sections = (
+        (f"{info.id}: {info.title} (task_options.*)", describe_fields(task_cls.config_cls, "task_options.")),
+        (
+            "fine-tuning run (any task)",
+            [r for r in describe_fields(FinetuneConfig) if r[0] != "task_options"],
+        ),
+    )
+    for title, rows in sections:
+        table = Table(title=title, title_justify="left", show_lines=False)
+        table.add_column("key", no_wrap=True)
+        table.add_column("default", overflow="fold")
+        table.add_column("meaning", overflow="fold")
+        for key, default, meaning in rows:
+            table.add_row(key, repr(default), meaning.replace("``", "`"))
+        console().print(table)
+    console().print("Set any of them as key=value on `cmrfm finetune`, `evaluate` or `fewshot`.")
 
 
 def _finetune_config(

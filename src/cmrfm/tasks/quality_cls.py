@@ -59,7 +59,7 @@ class QualityClsConfig(ClassificationConfig):
         sim_grade_probs: Weights of grades 1, 2, 3 drawn per simulated series. Equal by default:
             the simulator's own default (0.7, 0.2, 0.1) mimics a clinic's mix, which left the
             model three grade-1 examples for every artefact example and it learnt to answer 1.
-        augment: Augmentation ranges.
+        augment: Augmentation ranges (no blur: blurring is part of what the grade measures).
     """
 
     kappa_weights: str | None = "quadratic"
@@ -73,7 +73,7 @@ class QualityClsConfig(ClassificationConfig):
     sim_frames: int = 6
     sim_per_series: int = 3
     sim_grade_probs: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    augment: AugmentConfig = field(default_factory=lambda: AugmentConfig(blur_prob=0.0))
 
 
 def _stable(text: str) -> int:
