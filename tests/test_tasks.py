@@ -184,6 +184,23 @@ def test_prior_correction_takes_the_class_weights_back_out_at_inference():
         )
 
 
+def test_classification_class_weights_and_prior_correction():
+    task = build_task("lge-infarct", {"ce_class_weights": [3.0, 1.0], "label_smoothing": 0.0})
+    plain = build_task("lge-infarct", {"label_smoothing": 0.0})
+    logits = torch.tensor([[0.0, 1.0], [2.0, 0.0]])
+    labels = torch.tensor([0, 1])
+    per_item = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+    expected = (3 * per_item[0] + per_item[1]) / 4
+    assert task.loss({"logits": logits}, {"label": labels}).item() == pytest.approx(expected.item())
+    assert plain.loss({"logits": logits}, {"label": labels}).item() == pytest.approx(per_item.mean().item())
+    out = task.adjust_outputs({"logits": logits}, training=False)["logits"]  # (B, K): no spatial dims
+    assert torch.allclose(out, logits - torch.log(torch.tensor([[3.0, 1.0]])))
+    with pytest.raises(CmrfmError, match="has 3 values; lge-infarct has 2 classes"):
+        build_task("lge-infarct", {"ce_class_weights": [1.0, 1.0, 1.0]}).loss(
+            {"logits": logits}, {"label": labels}
+        )
+
+
 def test_sax_seg_simulated_subjects_train_but_never_evaluate(acdc_root):
     import numpy as np
 

@@ -38,27 +38,69 @@ BOOTSTRAP_RESAMPLES = 1000
 
 
 @dataclass
-class SegmentationConfig:
-    """Loss settings of segmentation tasks.
+class ClassWeighting:
+    """Per-class cross-entropy weights and their inference-time correction (segmentation and classification).
 
     Attributes:
-        dice_weight: Weight of the soft Dice term.
-        ce_weight: Weight of the cross-entropy term.
-        ce_class_weights: Per-class cross-entropy weights, background first (empty = equal); e.g.
-            ``[1, 1, 1, 4, 4]`` makes a missed scar pixel cost four times a missed myocardium pixel.
+        ce_class_weights: Per-class cross-entropy weights in ``info.classes`` order (background
+            first for segmentation; empty = equal); e.g. ``[1, 1, 1, 4, 4]`` makes a missed scar
+            pixel cost four times a missed myocardium pixel.
         prior_correction: At inference, subtract ``log(weight)`` from each class's logit. A class
             weighted ``w`` in the cross-entropy is learnt as if it were ``w`` times more frequent,
             so its region grows; the correction (logit adjustment) takes that prior back out and
             leaves the training-time gradient boost in place. Measured on ``lge-seg`` fold 0
             (weights 3 on scar): predicted/true infarct volume 2.15 -> 1.18, same infarct Dice.
+    """
+
+    ce_class_weights: list[float] = field(default_factory=list)
+    prior_correction: bool = True
+
+
+class WeightedClassesMixin:
+    """Task behaviour for a :class:`ClassWeighting` config: CE weights and the prior correction."""
+
+    def class_weight_tensor(self, logits: torch.Tensor) -> torch.Tensor | None:
+        """``(C,)`` float32 weights on ``logits``' device, or None when unweighted.
+
+        Raises:
+            ConfigError: Wrong count (names the task's classes) or a non-positive weight.
+        """
+        weights = self.config.ce_class_weights
+        if not weights:
+            return None
+        num_classes = logits.shape[1]
+        if len(weights) != num_classes:
+            raise ConfigError(
+                f"task_options.ce_class_weights has {len(weights)} values; "
+                f"{self.info.id} has {num_classes} classes {list(self.info.classes)}"
+            )
+        if min(weights) <= 0:
+            raise ConfigError(f"task_options.ce_class_weights must be positive, got {weights}")
+        return torch.tensor([float(w) for w in weights], dtype=torch.float32, device=logits.device)
+
+    def adjust_outputs(self, outputs: dict[str, torch.Tensor], training: bool) -> dict[str, torch.Tensor]:
+        """Outside training, logits minus ``log(ce_class_weights)`` (see ``prior_correction``)."""
+        if training or not self.config.prior_correction or not self.config.ce_class_weights:
+            return outputs
+        logits = outputs["logits"]
+        log_prior = torch.log(self.class_weight_tensor(logits))
+        log_prior = log_prior.view(1, -1, *([1] * (logits.ndim - 2)))  # (1, C[, 1, 1])
+        return {**outputs, "logits": logits - log_prior.to(logits.dtype)}
+
+
+@dataclass
+class SegmentationConfig(ClassWeighting):
+    """Loss settings of segmentation tasks.
+
+    Attributes:
+        dice_weight: Weight of the soft Dice term.
+        ce_weight: Weight of the cross-entropy term.
         deep_supervision: Weight of each coarser decoder stage's loss (0 disables).
         image_size: Side of the square training crops.
     """
 
     dice_weight: float = 1.0
     ce_weight: float = 1.0
-    ce_class_weights: list[float] = field(default_factory=list)
-    prior_correction: bool = True
     deep_supervision: float = 0.3
     image_size: int = 128
 
@@ -78,7 +120,7 @@ def _backbone_features(backbone: nn.Module, images: torch.Tensor):
     return backbone.forward_features(standardize(images))
 
 
-class SegmentationTask(Task):
+class SegmentationTask(WeightedClassesMixin, Task):
     """Base of the segmentation tasks; ``info.classes`` lists background first.
 
     Items: ``image`` ``(1, H, W)``, ``mask`` ``(H, W)`` long, ``subject`` str, ``volume`` str (which
@@ -112,41 +154,13 @@ class SegmentationTask(Task):
                 total = total + cfg.deep_supervision * self._seg_loss(logits, small[:, 0].long())
         return total
 
-    def adjust_outputs(self, outputs: dict[str, torch.Tensor], training: bool) -> dict[str, torch.Tensor]:
-        """Outside training, final logits minus ``log(ce_class_weights)`` (see ``prior_correction``)."""
-        cfg = self.config
-        if training or not cfg.prior_correction or not cfg.ce_class_weights:
-            return outputs
-        logits = outputs["logits"]
-        weights = torch.tensor(
-            self._class_weights(logits.shape[1]), dtype=torch.float32, device=logits.device
-        )
-        log_prior = torch.log(weights).view(1, -1, *([1] * (logits.ndim - 2)))  # (1, C, 1, 1)
-        return {**outputs, "logits": logits - log_prior.to(logits.dtype)}
-
-    def _class_weights(self, num_classes: int) -> list[float]:
-        weights = self.config.ce_class_weights
-        if len(weights) != num_classes:
-            raise ConfigError(
-                f"task_options.ce_class_weights has {len(weights)} values; "
-                f"{self.info.id} has {num_classes} classes {list(self.info.classes)}"
-            )
-        if min(weights) <= 0:
-            raise ConfigError(f"task_options.ce_class_weights must be positive, got {weights}")
-        return [float(w) for w in weights]
-
     def build_baseline(self, image_size: int) -> nn.Module:
         """MONAI DynUNet (nnU-Net-style 2D) with the same outputs as the ViT model."""
         return SegmentationBaseline(len(self.info.classes), image_size)
 
     def _seg_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         cfg = self.config
-        weight = None
-        if cfg.ce_class_weights:
-            weight = torch.tensor(
-                self._class_weights(logits.shape[1]), dtype=torch.float32, device=logits.device
-            )
-        ce = F.cross_entropy(logits.float(), target, weight=weight)
+        ce = F.cross_entropy(logits.float(), target, weight=self.class_weight_tensor(logits))
         return cfg.ce_weight * ce + cfg.dice_weight * soft_dice_loss(logits, target)
 
     @torch.no_grad()
@@ -223,7 +237,7 @@ def summarise_rows(rows: list[dict[str, Any]], primary: str) -> EvalResult:
 
 
 @dataclass
-class ClassificationConfig:
+class ClassificationConfig(ClassWeighting):
     """Classification settings.
 
     Attributes:
@@ -282,7 +296,7 @@ class StudyClassifier(nn.Module):
         return self.fc(self.drop(torch.cat(parts, dim=-1))), weights
 
 
-class ClassificationTask(Task):
+class ClassificationTask(WeightedClassesMixin, Task):
     """Base of classification tasks; ``info.level`` chooses image- or study-level items.
 
     Image-level items: ``image`` ``(1, H, W)``, ``label`` int, ``subject``. Study-level items:
@@ -332,9 +346,11 @@ class ClassificationTask(Task):
         return {"logits": logits, "attention": weights}
 
     def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> torch.Tensor:
-        """Label-smoothed cross-entropy."""
+        """Label-smoothed cross-entropy (class-weighted when ``ce_class_weights`` is set)."""
+        logits = outputs["logits"].float()
+        weight = self.class_weight_tensor(logits)
         return F.cross_entropy(
-            outputs["logits"].float(), batch["label"].long(), label_smoothing=self.config.label_smoothing
+            logits, batch["label"].long(), weight=weight, label_smoothing=self.config.label_smoothing
         )
 
     @torch.no_grad()
