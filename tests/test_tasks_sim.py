@@ -215,3 +215,11 @@ def test_quality_cohort_draws_the_configured_grade_mix():
     assert grades == {3}
     with pytest.raises(ConfigError, match="sim_grade_probs"):
         build_task("quality-cls", {"sim_grade_probs": [1, 1]}).sim_overrides()
+
+
+def test_quality_real_datasets_are_configurable():
+    assert [s.name for s in build_task("quality-cls").real_sources] == ["acdc"]
+    both = build_task("quality-cls", {"real_datasets": ["acdc", "emidec"]})
+    assert [s.name for s in both.real_sources] == ["acdc", "emidec"]
+    with pytest.raises(ConfigError, match="unknown \\['mnms'\\]"):
+        build_task("quality-cls", {"real_datasets": ["mnms"]}).real_sources  # noqa: B018
