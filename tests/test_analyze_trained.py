@@ -71,6 +71,8 @@ def test_acdc_patients_are_physiologically_plausible(tmp_path, acdc_root):
         # RV is the weak structure (basal slices: atrium taken as RV at ES; RESULTS.md, ACDC CV)
         assert abs(m["rv_ef_pct"] - ref.rv_ef_pct) <= 25, (patient, m["rv_ef_pct"], ref.rv_ef_pct)
         assert not m["ood"]["flag"], m["ood"]
+        if (WEIGHTS / "quality-cls.safetensors").is_file():  # clean scans: no false quality alarm
+            assert m["quality"]["assessed"] and m["quality"]["diagnostic"], m["quality"]
         if (WEIGHTS / "disease-cls.safetensors").is_file():
             probs = m["diagnosis"]["probabilities"]
             assert m["diagnosis"]["label"] in probs and abs(sum(probs.values()) - 1) < 1e-3
