@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from results import replace_section
+from results import replace_section, weight_folders
 
 from cmrfm.cli.analyze import EXAMPLE_TRUTH_KEYS
 from cmrfm.clinical.analyze import AnalyzeOptions, analyze_path
@@ -54,19 +54,6 @@ def write_study(seed: int, folder: Path) -> dict[str, Any]:
     simulated = study.clinical.extra["truth"]
     truth = {key: float(simulated[source]) * scale for source, key, scale in EXAMPLE_TRUTH_KEYS}
     return {"group": str(study.clinical.group.value), "truth": truth}
-
-
-def parse_weights(pairs: list[str]) -> dict[str, Path]:
-    """``NAME=DIR`` pairs -> ordered mapping (default: the shipped ``weights/``)."""
-    if not pairs:
-        return {"shipped": ROOT / "weights"}
-    out = {}
-    for pair in pairs:
-        name, sep, folder = pair.partition("=")
-        if not sep or not name or not folder:
-            raise SystemExit(f"--weights {pair!r}: expected NAME=DIR")
-        out[name] = Path(folder)
-    return out
 
 
 def run(weights: dict[str, Path], seeds: list[int], out: Path) -> list[dict[str, Any]]:
@@ -141,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/analyze_sim_accuracy"))
     parser.add_argument("--write", action="store_true", help="rewrite this section of RESULTS.md")
     args = parser.parse_args(argv)
-    weights = parse_weights(args.weights)
+    weights = weight_folders(args.weights, ROOT / "weights")
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     rows = run(weights, seeds, args.out)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from results import replace_section
+from results import replace_section, weight_folders
 
 from cmrfm import metrics
 from cmrfm.clinical.analyze import AnalyzeOptions, analyze
@@ -37,19 +37,6 @@ from cmrfm.data.adapters.sunnybrook import SunnybrookAdapter
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_ROOT = ROOT.parent / "shared" / "data" / "sunnybrook"
 HEADING = "## Analysis on another vendor: Sunnybrook GE cine (benchmarks/analyze_sunnybrook.py)"
-
-
-def parse_weights(pairs: list[str]) -> dict[str, Path]:
-    """``NAME=DIR`` pairs -> ordered mapping (default: the shipped ``weights/``)."""
-    if not pairs:
-        return {"shipped": ROOT / "weights"}
-    out = {}
-    for pair in pairs:
-        name, sep, folder = pair.partition("=")
-        if not sep or not name or not folder:
-            raise SystemExit(f"--weights {pair!r}: expected NAME=DIR")
-        out[name] = Path(folder)
-    return out
 
 
 def images_only(study):
@@ -150,7 +137,7 @@ def main(argv: list[str] | None = None) -> None:
     if not studies:
         raise SystemExit(f"{args.root}: no Sunnybrook study found")
     study = SunnybrookAdapter.load_study(studies[0])
-    weights = parse_weights(args.weights)
+    weights = weight_folders(args.weights, ROOT / "weights")
     results = evaluate(study, weights)
     command = "python benchmarks/analyze_sunnybrook.py " + " ".join(sys.argv[1:] if argv is None else argv)
     text = section(results, weights, command.strip(), study)

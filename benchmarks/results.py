@@ -1,4 +1,5 @@
-"""Shared by the benchmark scripts: rewrite one ``## section`` of benchmarks/RESULTS.md in place.
+"""Shared by the benchmark scripts: rewrite one ``## section`` of benchmarks/RESULTS.md in place,
+and read ``NAME=DIR`` weight-folder arguments.
 
 Scripts run as ``python benchmarks/<script>.py``, so this folder is on ``sys.path`` and they import
 it as ``from results import update_section``.
@@ -33,3 +34,16 @@ def update_section(title: str, body: str, path: Path = RESULTS) -> None:
     """Replaces the ``## title`` section by ``body`` under that heading (or appends it)."""
     heading = f"## {title}"
     replace_section(heading, f"{heading}\n\n{body.strip()}\n", path)
+
+
+def weight_folders(pairs: list[str], default: Path) -> dict[str, Path]:
+    """``NAME=DIR`` arguments -> ordered ``{name: folder}`` (``{"shipped": default}`` when none)."""
+    if not pairs:
+        return {"shipped": default}
+    out = {}
+    for pair in pairs:
+        name, sep, folder = pair.partition("=")
+        if not sep or not name or not folder:
+            raise SystemExit(f"--weights {pair!r}: expected NAME=DIR")
+        out[name] = Path(folder)
+    return out

@@ -8,6 +8,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import analyze_sim_accuracy as bench
+from results import weight_folders
 
 
 def _row(seed, weights, measured, truth):
@@ -19,10 +20,10 @@ def _row(seed, weights, measured, truth):
 
 
 def test_weights_pairs_and_error_table():
-    assert bench.parse_weights([]) == {"shipped": bench.ROOT / "weights"}
-    assert bench.parse_weights(["a=/x", "b=/y"]) == {"a": Path("/x"), "b": Path("/y")}
+    assert weight_folders([], Path("/w")) == {"shipped": Path("/w")}
+    assert weight_folders(["a=/x", "b=/y"], Path("/w")) == {"a": Path("/x"), "b": Path("/y")}
     with pytest.raises(SystemExit, match="NAME=DIR"):
-        bench.parse_weights(["no-folder"])
+        weight_folders(["no-folder"], Path("/w"))
     rows = [
         _row(1, "a", 60.0, 50.0),
         _row(2, "a", 40.0, 50.0),
