@@ -5,13 +5,16 @@ Heads take what the backbone returns and know nothing of data or tasks:
 * :class:`SegmentationDecoder`: UNETR-like. Multi-level token maps ``(B, D, h, w)`` (h = H / patch)
   are brought to successively finer decoder stages by transposed convolutions, fused with the
   upsampled deeper path, and the last stage adds a high-resolution skip computed from the image
-  itself. Every stage also emits logits (deep supervision, and per-level predictions whose
-  disagreement gives hierarchical uncertainty maps).
+  itself; optionally a small convolutional pyramid on the image feeds the finer stages too
+  (``conv_skip_stages``), for edges finer than a patch. Every stage also emits logits (deep
+  supervision, and per-level predictions whose disagreement gives hierarchical uncertainty maps).
 * :class:`LandmarkHead`: a segmentation decoder producing one heatmap per landmark, read out
   with a spatial soft-argmax into sub-pixel coordinates.
 * :class:`ClassificationHead`: class token + mean patch token -> linear, for image-level tasks.
 * :class:`AttentionPool`: gated-attention pooling over a set of per-image embeddings (slices,
   frames) with a padding mask, for study-level tasks.
+* :class:`MaskEvidenceClassifier`: a study-level decision from a segmentation decoder's
+  probabilities of a finding (scar), pooled over the study's images.
 """
 
 from __future__ import annotations
@@ -79,6 +82,10 @@ class SegmentationDecoder(nn.Module):
         out_channels: Output classes (or heatmaps).
         base_channels: Channels at full resolution; doubles per coarser stage (capped at 256).
         in_chans: Image channels for the high-resolution skip.
+        conv_skip_stages: Decoder stages 1..n (1/2, 1/4, ... resolution) that also receive features
+            of a convolutional pyramid on the image (0 = the image skip at full resolution only,
+            as in UNETR). Patch tokens 8 px wide carry little of a 2-3 px myocardial edge; these
+            skips carry it at the resolution where the decoder draws it.
     """
 
     def __init__(
@@ -89,6 +96,7 @@ class SegmentationDecoder(nn.Module):
         out_channels: int,
         base_channels: int = 16,
         in_chans: int = 1,
+        conv_skip_stages: int = 0,
     ) -> None:
         super().__init__()
         stages = round(math.log2(patch_size))
@@ -96,6 +104,8 @@ class SegmentationDecoder(nn.Module):
             raise ValueError(f"patch_size must be a power of two ≥ 2, got {patch_size}")
         if num_levels < 1:
             raise ValueError("need at least one feature level")
+        if not 0 <= conv_skip_stages < stages:
+            raise ValueError(f"conv_skip_stages must be in [0, {stages - 1}] for patch {patch_size}")
         self.stages = stages
         # channels[s] is the width at decoder stage s (s = 0 is full resolution).
         channels = [min(base_channels * 2**s, 256) for s in range(stages + 1)]
@@ -108,13 +118,16 @@ class SegmentationDecoder(nn.Module):
         self.skip_stages = list(range(stages - 1, stages - 1 - n_skip, -1))
         self.skips = nn.ModuleList(Upsampler(embed_dim, channels[s], stages - s) for s in self.skip_stages)
         self.image_skip = ConvBlock(in_chans, channels[0])
+        # conv_down[s - 1]: stage s - 1 -> s of the image pyramid (half the resolution each)
+        self.conv_down = nn.ModuleList(
+            nn.Sequential(nn.MaxPool2d(2), ConvBlock(channels[s - 1], channels[s]))
+            for s in range(1, conv_skip_stages + 1)
+        )
         self.ups = nn.ModuleList(
             nn.ConvTranspose2d(channels[s + 1], channels[s], 2, stride=2) for s in range(stages)
         )
-        self.fuse = nn.ModuleList(
-            ConvBlock(channels[s] * (2 if (s in self.skip_stages or s == 0) else 1), channels[s])
-            for s in range(stages)
-        )
+        inputs = [1 + (s in self.skip_stages) + (s <= conv_skip_stages) for s in range(stages)]
+        self.fuse = nn.ModuleList(ConvBlock(channels[s] * inputs[s], channels[s]) for s in range(stages))
         self.heads = nn.ModuleList(nn.Conv2d(channels[s], out_channels, 1) for s in range(stages + 1))
 
     def forward(self, levels: list[torch.Tensor], image: torch.Tensor) -> DecoderOutput:
@@ -124,14 +137,18 @@ class SegmentationDecoder(nn.Module):
         x = self.bottleneck(torch.cat([deep, *extra], dim=1))  # (B, C_top, h, w)
         skip_levels = list(reversed(levels[self.n_extra : -1]))  # deep to shallow
         skip_features = {s: up(f) for s, up, f in zip(self.skip_stages, self.skips, skip_levels, strict=True)}
+        pyramid = [self.image_skip(image)]  # (B, C_0, H, W), then (B, C_s, H / 2^s, W / 2^s)
+        for down in self.conv_down:
+            pyramid.append(down(pyramid[-1]))
         stage_logits = [self.heads[self.stages](x)]
         for s in range(self.stages - 1, -1, -1):
             x = self.ups[s](x)  # (B, C_s, h·2^(stages-s), ...)
-            if s == 0:
-                x = torch.cat([x, self.image_skip(image)], dim=1)
-            elif s in skip_features:
-                x = torch.cat([x, skip_features[s]], dim=1)
-            x = self.fuse[s](x)
+            parts = [x]
+            if s in skip_features:
+                parts.append(skip_features[s])
+            if s < len(pyramid):
+                parts.append(pyramid[s])
+            x = self.fuse[s](torch.cat(parts, dim=1))
             stage_logits.append(self.heads[s](x))
         return DecoderOutput(logits=stage_logits[-1], stage_logits=stage_logits)
 
@@ -267,3 +284,76 @@ def per_level_uncertainty(stage_logits: list[torch.Tensor], size: tuple[int, int
         for logits in stage_logits
     ]
     return torch.stack(probs, dim=0).var(dim=0, unbiased=False)
+
+
+class MaskEvidenceClassifier(nn.Module):
+    """Study-level classifier on the class probabilities of a segmentation decoder.
+
+    For findings a segmentation model already draws (scar on LGE), the decision "is there any?" is
+    best made from the drawn evidence rather than from pooled tokens, which carry little of a
+    lesion a few pixels wide. Per image, three statistics of the ``evidence`` classes' probability
+    map: log soft area (pixels), share of the ``context`` region (evidence + context classes), and
+    the mean of its ``top_k`` highest probabilities; they pass a tiny MLP and gated-attention
+    pooling over the images, joined by the set's mean log soft area, then a linear layer.
+
+    Args:
+        decoder: A segmentation decoder (``forward(levels, image) -> DecoderOutput``); its tensors
+            keep their names under ``decoder.`` so a segmentation model's transfer onto it.
+        evidence: Output channels whose probabilities are the finding (e.g. infarct, MVO).
+        context: Channels of the tissue the finding lives in (e.g. myocardium).
+        num_classes: Study classes.
+        hidden: Width of the per-image embedding.
+        top_k: Pixels averaged for the peak statistic.
+        freeze_decoder: Keep the decoder as transferred (only the small head trains).
+    """
+
+    transfer_prefix = "decoder."
+
+    def __init__(
+        self,
+        decoder: nn.Module,
+        evidence: tuple[int, ...],
+        context: tuple[int, ...],
+        num_classes: int,
+        hidden: int = 16,
+        top_k: int = 16,
+        freeze_decoder: bool = True,
+    ) -> None:
+        super().__init__()
+        self.decoder = decoder
+        self.evidence, self.context, self.top_k = list(evidence), list(context), top_k
+        if freeze_decoder:
+            self.decoder.requires_grad_(False)
+        self.stats_norm = nn.BatchNorm1d(3, affine=False)
+        self.embed = nn.Sequential(nn.Linear(3, hidden), nn.GELU())
+        self.pool = AttentionPool(hidden, hidden)
+        self.fc = nn.Linear(hidden + 1, num_classes)
+
+    def image_statistics(self, levels: list[torch.Tensor], image: torch.Tensor) -> torch.Tensor:
+        """``(M, 3)``: log soft evidence area, its share of the context region, top-k mean probability."""
+        probs = torch.softmax(self.decoder(levels, image).logits.float(), dim=1)  # (M, C, H, W)
+        evidence = probs[:, self.evidence].sum(dim=1).flatten(1)  # (M, H·W)
+        context = probs[:, self.context].sum(dim=1).flatten(1) + evidence  # (M, H·W)
+        area = evidence.sum(dim=1)  # (M,)
+        share = area / (context.sum(dim=1) + 1.0)
+        peak = evidence.topk(min(self.top_k, evidence.shape[1]), dim=1).values.mean(dim=1)
+        return torch.stack([torch.log1p(area), share, peak], dim=-1)
+
+    def forward(
+        self, levels: list[torch.Tensor], image: torch.Tensor, set_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Levels and images of the real set elements ``(M, ...)`` and ``set_mask`` ``(B, S)``.
+
+        Returns:
+            Logits ``(B, num_classes)`` and attention weights ``(B, S)``.
+        """
+        stats_real = self.image_statistics(levels, image)  # (M, 3)
+        stats = stats_real.new_zeros((*set_mask.shape, 3))
+        stats[set_mask] = stats_real  # (B, S, 3)
+        count = set_mask.float().sum(dim=1).clamp(min=1)  # (B,)
+        mean_log_area = stats[..., 0].sum(dim=1) / count  # (B,)
+        normed = stats.new_zeros(stats.shape)
+        normed[set_mask] = self.stats_norm(stats_real)
+        pooled, weights = self.pool(self.embed(normed), set_mask)  # (B, hidden), (B, S)
+        logits = self.fc(torch.cat([pooled, mean_log_area[:, None]], dim=-1))
+        return logits, weights

@@ -97,12 +97,16 @@ class SegmentationConfig(ClassWeighting):
         ce_weight: Weight of the cross-entropy term.
         deep_supervision: Weight of each coarser decoder stage's loss (0 disables).
         image_size: Side of the square training crops.
+        conv_skip_stages: Decoder stages at 1/2, 1/4, ... resolution that also get features of a
+            small convolutional pyramid on the image (0 = UNETR's full-resolution image skip only;
+            at most log2(patch) - 1). Recorded in the model card, so a model loads with its own.
     """
 
     dice_weight: float = 1.0
     ce_weight: float = 1.0
     deep_supervision: float = 0.3
     image_size: int = 128
+    conv_skip_stages: int = 0
 
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -134,7 +138,16 @@ class SegmentationTask(WeightedClassesMixin, Task):
         """UNETR-like decoder (or the linear probe) with one output channel per class."""
         if linear:
             return LinearDecoder(embed_dim, len(self.info.classes))
-        return SegmentationDecoder(embed_dim, num_levels, patch_size, len(self.info.classes))
+        try:
+            return SegmentationDecoder(
+                embed_dim,
+                num_levels,
+                patch_size,
+                len(self.info.classes),
+                conv_skip_stages=self.config.conv_skip_stages,
+            )
+        except ValueError as err:
+            raise ConfigError(f"task_options.conv_skip_stages: {err}") from None
 
     def forward(self, backbone: nn.Module, head: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Final and per-stage logits."""
