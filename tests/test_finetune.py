@@ -151,3 +151,40 @@ def test_compiled_run_exports_plain_weights(tmp_path):
     model, card = load_task_model(result.weights)  # a strict load: keys must be the eager model's
     assert card["steps"] == 2 and set(exported) == set(model.state_dict())
     assert not any("_orig_mod" in k for k in exported)
+
+
+def test_scar_evidence_head_starts_from_an_lge_seg_model(tmp_path):
+    """lge-infarct head=scar takes an lge-seg model's backbone and whole decoder, and trains only its head."""
+    seg = finetune(_cfg(tmp_path / "seg", task="lge-seg", export_fp16=False), progress=False)
+    seg_model, _ = load_task_model(seg.weights)
+    result = finetune(
+        _cfg(
+            tmp_path / "inf",
+            task="lge-infarct",
+            init=str(seg.weights),
+            batch_size=2,
+            export_fp16=False,
+            task_options={"head": "scar"},
+        ),
+        progress=False,
+    )
+    model, card = load_task_model(result.weights)
+    decoder = model.head.decoder.state_dict()
+    assert card["transfer"]["head_tensors_transferred"] == len(decoder)
+    for name, tensor in seg_model.head.state_dict().items():
+        assert torch.equal(decoder[name], tensor), name  # frozen: still the segmentation decoder
+    trained = [n for n, p in model.head.named_parameters() if not n.startswith("decoder.")]
+    assert trained and all(p.requires_grad for n, p in model.head.named_parameters() if n in trained)
+    assert {"accuracy", "auroc"} <= set(result.eval.metrics)
+
+
+def test_conv_skip_decoder_is_recorded_and_reloads(tmp_path):
+    result = finetune(
+        _cfg(tmp_path, export_fp16=False, task_options={"conv_skip_stages": 2}, image_size=32),
+        progress=False,
+    )
+    model, card = load_task_model(result.weights)
+    assert card["task_config"]["conv_skip_stages"] == 2
+    assert len(model.head.conv_down) == 2
+    with pytest.raises(ConfigError, match="conv_skip_stages must be in"):
+        finetune(_cfg(tmp_path / "bad", task_options={"conv_skip_stages": 3}), progress=False)

@@ -223,7 +223,7 @@ def _transfer_from_task_model(task: Task, cfg: FinetuneConfig) -> tuple[TaskMode
     bcfg: ViTConfig = backbone.cfg
     head = task.build_head(bcfg.embed_dim, len(bcfg.levels()), bcfg.patch_size, linear=cfg.mode == "linear")
     own = head.state_dict()
-    matched = {k: v for k, v in source.head.state_dict().items() if k in own and own[k].shape == v.shape}
+    matched = matching_head_tensors(own, source.head.state_dict(), getattr(head, "transfer_prefix", ""))
     head.load_state_dict(matched, strict=False)
     if cfg.mode in ("frozen", "linear"):
         backbone.requires_grad_(False)
@@ -236,6 +236,22 @@ def _transfer_from_task_model(task: Task, cfg: FinetuneConfig) -> tuple[TaskMode
         },
     }
     return TaskModel(task, backbone, head), card
+
+
+def matching_head_tensors(
+    own: dict[str, torch.Tensor], source: dict[str, torch.Tensor], prefix: str = ""
+) -> dict[str, torch.Tensor]:
+    """Source head tensors for each own tensor of the same name (after ``prefix``) and shape.
+
+    A head that wraps a segmentation decoder under ``decoder.`` declares ``transfer_prefix =
+    "decoder."`` and receives a segmentation model's decoder tensors.
+    """
+    matched = {}
+    for key, value in own.items():
+        name = key[len(prefix) :] if prefix and key.startswith(prefix) else key
+        if name in source and source[name].shape == value.shape:
+            matched[key] = source[name]
+    return matched
 
 
 class StepBatchSampler(Sampler[list[int]]):

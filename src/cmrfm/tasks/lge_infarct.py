@@ -1,21 +1,39 @@
-"""``lge-infarct``: infarct present or absent per LGE case (EMIDEC N/P), from all its slices."""
+"""``lge-infarct``: infarct present or absent per LGE case (EMIDEC N/P), from all its slices.
+
+Two heads (``task_options.head``):
+
+* ``tokens``: attention pooling of the backbone's image embeddings (the generic study classifier).
+* ``scar``: a segmentation decoder's scar probabilities, summarised per slice and attention-pooled
+  (:class:`~cmrfm.models.heads.MaskEvidenceClassifier`). Started from an ``lge-seg`` model
+  (``--init weights/lge-seg.safetensors``: backbone and decoder transfer), it decides from the scar
+  the segmentation draws, with the decoder frozen by default so only a few dozen weights train.
+"""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import numpy as np
+import torch
+from torch import nn
 
+from cmrfm.constants import Label
+from cmrfm.errors import ConfigError
+from cmrfm.models.heads import MaskEvidenceClassifier, SegmentationDecoder
+from cmrfm.models.vit import standardize
 from cmrfm.tasks.augment import AugmentConfig
 from cmrfm.tasks.base import TaskData, TaskInfo, register_task
 from cmrfm.tasks.items import ItemDataset
 from cmrfm.tasks.kinds import ClassificationConfig, ClassificationTask
-from cmrfm.tasks.lge_seg import LgeSeg
+from cmrfm.tasks.lge_seg import LGE_LABELS, LgeSeg
 from cmrfm.tasks.sources import prepared_cache
 
 CLASSES = ("absent", "present")
+#: Labels that count as scar evidence for ``head=scar``.
+SCAR_LABELS = (Label.INFARCT, Label.MVO)
 
 
 @dataclass
@@ -27,12 +45,20 @@ class LgeInfarctConfig(ClassificationConfig):
         cache: A prepared EMIDEC cache (made on first use when empty).
         max_images: Slices per training item (random subset).
         augment: Augmentation ranges.
+        head: ``tokens`` (pooled image embeddings) or ``scar`` (pooled scar evidence of a
+            segmentation decoder; start it from an ``lge-seg`` model).
+        freeze_decoder: With ``head=scar``, keep the transferred decoder fixed.
+        conv_skip_stages: With ``head=scar``, the decoder's convolutional skips (must match the
+            ``lge-seg`` model it starts from).
     """
 
     root: str = ""
     cache: str = ""
     max_images: int = 8
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    head: Literal["tokens", "scar"] = "tokens"
+    freeze_decoder: bool = True
+    conv_skip_stages: int = 0
 
 
 @register_task
@@ -49,6 +75,33 @@ class LgeInfarct(ClassificationTask):
         classes=CLASSES,
     )
     config_cls = LgeInfarctConfig
+
+    def build_head(self, embed_dim: int, num_levels: int, patch_size: int, linear: bool = False) -> nn.Module:
+        """The configured head (see the module docstring)."""
+        if self.config.head == "tokens":
+            return super().build_head(embed_dim, num_levels, patch_size, linear)
+        if self.config.head != "scar":
+            raise ConfigError(f"task_options.head must be 'tokens' or 'scar', got {self.config.head!r}")
+        if linear:
+            raise ConfigError("head=scar has no linear-probe form; use mode=frozen or mode=full")
+        decoder = SegmentationDecoder(
+            embed_dim, num_levels, patch_size, len(LGE_LABELS), conv_skip_stages=self.config.conv_skip_stages
+        )
+        scar = tuple(i for i, label in enumerate(LGE_LABELS) if label in SCAR_LABELS)
+        myo = tuple(i for i, label in enumerate(LGE_LABELS) if label == Label.MYO)
+        return MaskEvidenceClassifier(
+            decoder, scar, myo, len(CLASSES), freeze_decoder=self.config.freeze_decoder
+        )
+
+    def forward(self, backbone: nn.Module, head: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Class logits and attention over slices."""
+        if self.config.head != "scar":
+            return super().forward(backbone, head, batch)
+        images, mask = batch["images"], batch["set_mask"]  # (B, S, 1, H, W), (B, S)
+        flat = images[mask]  # (M, 1, H, W): real slices only
+        features = backbone.forward_features(standardize(flat))
+        logits, weights = head(features.levels, standardize(flat), mask)
+        return {"logits": logits, "attention": weights}
 
     def _make(self, items: dict[str, dict]):
         def make(ids: Sequence[str], train: bool) -> ItemDataset:
