@@ -63,9 +63,6 @@ class ItemDataset(Dataset):
             if g is not None and 0 < self.max_images < len(images):
                 keep = torch.randperm(len(images), generator=g)[: self.max_images].sort().values
                 images = images[keep]
-            if g is not None and 0 < self.max_images < len(images):
-                keep = torch.randperm(len(images), generator=g)[: self.max_images].sort().values
-                images = images[keep]
             if g is not None:
                 images = torch.stack([augment_item(im, self.augment, g)[0] for im in images])
             item["images"] = images
