@@ -285,10 +285,13 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, float]:
     return out
 
 
-def run(cv: Path, acdc: Path, out: Path, patients: int, write: bool, tta: bool = False) -> dict[str, float]:
+def run(
+    cv: Path, acdc: Path, out: Path, patients: int, write: bool, tta: bool = False, jitter: bool = True
+) -> dict[str, float]:
     """Evaluates every held-out patient (the first ``patients`` when > 0); writes CSV, JSON, plot.
 
-    ``tta`` analyses with test-time flips (``cmrfm analyze --tta``).
+    ``tta`` analyses with test-time flips (``cmrfm analyze --tta``); ``jitter=False`` with one
+    segmentation pass (``--no-jitter``).
     """
     folds = held_out_fold(cv)
     present = {int(w.stem.removeprefix("fold")) for w in cv.glob("fold*.safetensors")}
@@ -307,7 +310,9 @@ def run(cv: Path, acdc: Path, out: Path, patients: int, write: bool, tta: bool =
         for n, patient in enumerate(ids):
             fold = folds[patient]
             if fold not in bundles:
-                bundles[fold] = ModelBundle.from_files({"sax-seg": cv / f"fold{fold}.safetensors"}, tta=tta)
+                bundles[fold] = ModelBundle.from_files(
+                    {"sax-seg": cv / f"fold{fold}.safetensors"}, tta=tta, jitter=jitter
+                )
             rows.append({"fold": fold, **evaluate_patient(acdc / patient, bundles[fold], Path(tmp) / str(n))})
     features = {r["patient"]: r.pop("shape_features") for r in rows}
     with (out / "per_patient.csv").open("w", newline="") as handle:
@@ -319,7 +324,8 @@ def run(cv: Path, acdc: Path, out: Path, patients: int, write: bool, tta: bool =
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot = bland_altman(rows, out / "bland_altman.png")
     cards = {f: b.models["sax-seg"].card for f, b in bundles.items()}
-    section = _section(summary, cards, cv, len(ids), tta)
+    flags = (" --tta" if tta else "") + ("" if jitter else " --no-jitter")
+    section = _section(summary, cards, cv, len(ids), flags)
     print(section)
     if write:
         _write_section(section, plot)
@@ -340,7 +346,7 @@ def rewrite_from(out: Path, cv: Path) -> str:
     return section
 
 
-def _section(summary: dict[str, float], cards: dict[int, dict], cv: Path, n: int, tta: bool = False) -> str:
+def _section(summary: dict[str, float], cards: dict[int, dict], cv: Path, n: int, flags: str = "") -> str:
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     trained = all(c.get("steps") for c in cards.values())
     shown = cv.relative_to(ROOT) if cv.is_relative_to(ROOT) else cv
@@ -348,7 +354,7 @@ def _section(summary: dict[str, float], cards: dict[int, dict], cv: Path, n: int
         HEADING,
         "",
         f"Machine: {platform.node() or 'unknown'}, {platform.machine()}. Date: {now}. "
-        f"Command: `python benchmarks/analyze_acdc_cv.py --cv {shown}{' --tta' if tta else ''} --write`. "
+        f"Command: `python benchmarks/analyze_acdc_cv.py --cv {shown}{flags} --write`. "
         f"{n} patients, folds {sorted(cards)}; each patient analysed by the fold model that held it out"
         + ("" if trained else " (**untrained weights: numbers are meaningless**)")
         + ".",
@@ -406,6 +412,7 @@ def main(argv: list[str] | None = None) -> dict[str, float] | None:
     parser.add_argument("--write-splits", type=int, default=0, metavar="K", help="write a K-fold splits.json")
     parser.add_argument("--seed", type=int, default=0, help="split seed for --write-splits")
     parser.add_argument("--tta", action="store_true", help="analyse with test-time flips")
+    parser.add_argument("--no-jitter", action="store_true", help="one segmentation pass, no half-patch shift")
     parser.add_argument(
         "--rewrite-from", type=Path, default=None, help="re-render RESULTS.md from an earlier --out folder"
     )
@@ -421,7 +428,7 @@ def main(argv: list[str] | None = None) -> dict[str, float] | None:
         return None
     if not any(args.cv.glob("fold*.safetensors")):
         raise SystemExit(f"no fold models in {args.cv}: train them first (see docstring); awaiting weights")
-    return run(args.cv, acdc, args.out, args.patients, args.write, tta=args.tta)
+    return run(args.cv, acdc, args.out, args.patients, args.write, tta=args.tta, jitter=not args.no_jitter)
 
 
 if __name__ == "__main__":

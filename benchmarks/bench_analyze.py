@@ -86,17 +86,24 @@ def run(repeats: int, threads: int, write: bool, tta: bool, shipped: bool = True
         load_s = time.perf_counter() - started
         inputs = make_inputs(work / "inputs")
         rows = []
+        # both segmentation settings side by side, alternating, so machine load hits them alike
+        settings = {"default (plain + half-patch jitter)": True, "`--no-jitter` (one pass)": False}
         for label, path in inputs.items():
-            totals, parts = [], []
+            totals: dict[str, list[float]] = {name: [] for name in settings}
+            parts: dict[str, list[dict]] = {name: [] for name in settings}
             for r in range(repeats):
-                out = work / f"out{r}"
-                t0 = time.perf_counter()
-                _, m = analyze_path(path, bundle, out, AnalyzeOptions(report=True))
-                totals.append(time.perf_counter() - t0)
-                parts.append(m["timing_s"])
-                shutil.rmtree(out)
-            best = int(np.argmin(totals))
-            rows.append((label, statistics.median(totals), min(totals), parts[best]))
+                for name, jitter in settings.items():
+                    bundle.jitter = jitter
+                    out = work / f"out{r}"
+                    t0 = time.perf_counter()
+                    _, m = analyze_path(path, bundle, out, AnalyzeOptions(report=True))
+                    totals[name].append(time.perf_counter() - t0)
+                    parts[name].append(m["timing_s"])
+                    shutil.rmtree(out)
+            for name in settings:
+                best = int(np.argmin(totals[name]))
+                times = totals[name]
+                rows.append((f"{label}, {name}", statistics.median(times), min(times), parts[name][best]))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")

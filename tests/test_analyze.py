@@ -240,8 +240,8 @@ def test_tta_adds_flip_variance(tiny_weights):
     from cmrfm.clinical.bundle import ModelBundle
 
     images = np.random.default_rng(0).random((3, 32, 32)).astype(np.float32)
-    plain = ModelBundle.load(tiny_weights, tasks=["sax-seg"]).segment("sax-seg", images)
-    tta = ModelBundle.load(tiny_weights, tasks=["sax-seg"], tta=True).segment("sax-seg", images)
+    plain = ModelBundle.load(tiny_weights, tasks=["sax-seg"], jitter=False).segment("sax-seg", images)
+    tta = ModelBundle.load(tiny_weights, tasks=["sax-seg"], tta=True, jitter=False).segment("sax-seg", images)
     assert plain.tta_variance is None and tta.tta_variance.shape == tta.probs.shape
     assert plain.probs.shape == (3, 4, 32, 32)
     np.testing.assert_allclose(plain.probs.sum(axis=1), 1.0, atol=1e-4)
@@ -250,6 +250,33 @@ def test_tta_adds_flip_variance(tiny_weights):
     np.testing.assert_allclose(tta.ood_entropy(), plain.ood_entropy(), atol=1e-3)
     np.testing.assert_allclose(plain.ood_entropy(), plain.entropy())
     assert not np.allclose(tta.entropy(), tta.ood_entropy(), atol=1e-3)  # the flips' mean differs
+
+
+def test_views_invert_exactly_and_jitter_is_half_a_patch():
+    import torch
+
+    from cmrfm.clinical.bundle import View, segmentation_views
+
+    x = torch.arange(2 * 1 * 6 * 6, dtype=torch.float32).reshape(2, 1, 6, 6)
+    for view in (View(), View(flip=(-1,)), View(shift=4), View(flip=(-2,), shift=3)):
+        assert torch.equal(view.invert(view.apply(x)), x)
+    assert View(shift=4).apply(x)[0, 0, 4, 4] == x[0, 0, 0, 0]
+    assert segmentation_views(False, False, 8) == [View()]
+    assert segmentation_views(False, True, 8) == [View(), View(shift=4)]
+    assert [v.flip for v in segmentation_views(True, True, 16)] == [(), (-1,), (-2,), ()]
+    assert segmentation_views(True, True, 16)[-1].shift == 8
+
+
+def test_jitter_pass_averages_a_shifted_view(tiny_weights):
+    from cmrfm.clinical.bundle import ModelBundle
+
+    images = np.random.default_rng(1).random((2, 32, 32)).astype(np.float32)
+    plain = ModelBundle.load(tiny_weights, tasks=["sax-seg"], jitter=False).segment("sax-seg", images)
+    jitter = ModelBundle.load(tiny_weights, tasks=["sax-seg"]).segment("sax-seg", images)
+    assert jitter.tta_variance is not None and jitter.probs.shape == plain.probs.shape
+    np.testing.assert_allclose(jitter.probs.sum(axis=1), 1.0, atol=1e-4)
+    assert not np.allclose(jitter.probs, plain.probs, atol=1e-4)
+    np.testing.assert_allclose(jitter.ood_entropy(), plain.entropy(), atol=1e-3)  # OOD from the plain pass
 
 
 def test_single_4d_nifti_file(tmp_path, tiny_weights):

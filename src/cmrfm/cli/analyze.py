@@ -136,7 +136,12 @@ def analyze(
         False, "--keep-identifiers", help="Keep source paths and DICOM patient attributes in outputs."
     ),
     tta: bool = typer.Option(
-        False, "--tta", help="Test-time augmentation (flips): 3x slower, adds uncertainty."
+        False, "--tta", help="Test-time augmentation (flips): 2 more segmentation passes, adds uncertainty."
+    ),
+    no_jitter: bool = typer.Option(
+        False,
+        "--no-jitter",
+        help="One segmentation pass instead of two (the default adds one shifted by half a ViT patch).",
     ),
     ranges: Path = typer.Option(None, "--ranges", help="A site's normal-range YAML table."),
     no_report: bool = typer.Option(False, "--no-report", help="Skip report.html and figures."),
@@ -177,7 +182,7 @@ def analyze(
         ranges=str(ranges) if ranges else None,
         report=not no_report,
     )
-    bundle = ModelBundle.load(weights, tta=tta)
+    bundle = ModelBundle.load(weights, tta=tta, jitter=not no_jitter)
     if not bundle.models:
         console.print(
             f"[yellow]warning:[/] no task weights in {bundle.folder.name}/: only loading and reporting"

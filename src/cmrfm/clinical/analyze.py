@@ -987,6 +987,7 @@ def analyze(study: Study, bundle: ModelBundle, options: AnalyzeOptions | None = 
         "weights_folder": str(bundle.folder) if options.keep_identifiers else bundle.folder.name,
         "tasks": bundle.versions(),
         "tta": bundle.tta,
+        "jitter": bundle.jitter,
     }
     m["warnings"] = list(dict.fromkeys(warnings))
     m["timing_s"] = {"analysis": round(time.perf_counter() - started, 3)}
