@@ -12,8 +12,8 @@ The truth is the same function on the manual labels. The two points are matched 
 the closer order (their identities swap under flips). Errors in mm, over all junction slices and
 over the ED mid-ventricular slice of each patient (the one analysis orients the AHA segments by).
 
-Usage: ``python benchmarks/landmarks_vs_mask.py --seg weights/sax-seg.safetensors
-[--landmarks NAME=FILE ...] [--fold 0] [--write]``.
+Usage: ``python benchmarks/landmarks_vs_mask.py --seg NAME=FILE [--seg ...]
+[--landmarks NAME=FILE ...] [--fold 0] [--write]`` (``--seg`` defaults to the shipped ``sax-seg``).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from cmrfm.data.splits import kfold_splits
 from cmrfm.engine.finetune import load_task_model
 from cmrfm.tasks.sources import prepared_cache, study_strata
 
+ROOT = Path(__file__).resolve().parents[1]
 HEADING = (
     "## Landmarks: RV insertion points, heatmap head vs segmentation mask (benchmarks/landmarks_vs_mask.py)"
 )
@@ -99,7 +100,9 @@ def predict(model, images: np.ndarray, key: str, batch: int = 32) -> np.ndarray:
     return np.concatenate(out)
 
 
-def evaluate(rows: list[dict], seg_path: Path, landmark_paths: dict[str, Path]) -> dict[str, list[float]]:
+def evaluate(
+    rows: list[dict], seg_paths: dict[str, Path], landmark_paths: dict[str, Path]
+) -> dict[str, list[float]]:
     """Per-slice errors (mm) of every method, in ``rows`` order."""
     images = np.stack([r["image"] for r in rows])  # (N, H, W)
     errors: dict[str, list[float]] = {}
@@ -109,12 +112,13 @@ def evaluate(rows: list[dict], seg_path: Path, landmark_paths: dict[str, Path]) 
         errors[name] = [
             matched_error_mm(c, r["truth"], r["spacing"]) for c, r in zip(coords, rows, strict=True)
         ]
-    seg, _ = load_task_model(seg_path)
-    masks = predict(seg, images, "logits").argmax(axis=1)  # (N, H, W) class = internal label id
-    errors["mask (sax-seg)"] = [
-        matched_error_mm(rv_insertion_points(m), r["truth"], r["spacing"])
-        for m, r in zip(masks, rows, strict=True)
-    ]
+    for name, path in seg_paths.items():
+        seg, _ = load_task_model(path)
+        masks = predict(seg, images, "logits").argmax(axis=1)  # (N, H, W) class = internal label id
+        errors[f"mask of {name}"] = [
+            matched_error_mm(rv_insertion_points(m), r["truth"], r["spacing"])
+            for m, r in zip(masks, rows, strict=True)
+        ]
     return errors
 
 
@@ -152,24 +156,30 @@ def section(errors: dict[str, list[float]], rows: list[dict], mid: set[int], com
     return "\n".join(lines) + "\n"
 
 
+def named_files(pairs: list[str], option: str) -> dict[str, Path]:
+    """``NAME=FILE`` arguments -> ``{name: path}``."""
+    out = {}
+    for pair in pairs:
+        name, sep, file = pair.partition("=")
+        if not sep or not name or not file:
+            raise SystemExit(f"{option} {pair!r}: expected NAME=FILE")
+        out[name] = Path(file)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command line entry."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--seg", type=Path, required=True, help="a sax-seg model (.safetensors)")
+    parser.add_argument("--seg", action="append", default=[], help="NAME=FILE of a sax-seg model")
     parser.add_argument("--landmarks", action="append", default=[], help="NAME=FILE of a landmarks model")
     parser.add_argument("--fold", type=int, default=0)
     parser.add_argument("--write", action="store_true", help="rewrite this section of RESULTS.md")
     args = parser.parse_args(argv)
-    paths = {}
-    for pair in args.landmarks:
-        name, sep, file = pair.partition("=")
-        if not sep:
-            raise SystemExit(f"--landmarks {pair!r}: expected NAME=FILE")
-        paths[name] = Path(file)
+    seg = named_files(args.seg or [f"shipped sax-seg={ROOT / 'weights' / 'sax-seg.safetensors'}"], "--seg")
     rows = held_out_slices(args.fold)
-    errors = evaluate(rows, args.seg, paths)
+    errors = evaluate(rows, seg, named_files(args.landmarks, "--landmarks"))
     command = "python benchmarks/landmarks_vs_mask.py " + " ".join(sys.argv[1:] if argv is None else argv)
     text = section(errors, rows, mid_ventricular(rows), command.strip(), args.fold)
     print(text)
