@@ -7,6 +7,9 @@ are recorded beside the numbers.
 
     python benchmarks/tasks_cv.py --task sax-seg --init weights/cmrfm_vit_tiny_mae.safetensors \
         --steps 1500 --batch-size 16 [--model baseline] [key=value ...]
+
+``--init`` may hold ``{fold}``: each fold then starts from its own model, e.g. the ``lge-seg`` fold
+model that never saw that fold's held-out cases (``--init runs/cv/lge-seg/fold{fold}/model.safetensors``).
 """
 
 from __future__ import annotations
@@ -68,7 +71,8 @@ def main() -> None:
     folds = [int(f) for f in args.only_folds.split(",") if f] or list(range(args.folds))
     rows, timings = [], []
     for fold in folds:
-        run = dataclasses.replace(base, fold=fold, out=str(out / f"fold{fold}"))
+        init = args.init.format(fold=fold) if args.init else None
+        run = dataclasses.replace(base, fold=fold, init=init, out=str(out / f"fold{fold}"))
         started = time.perf_counter()
         if not (Path(run.out) / "metrics.json").is_file():
             finetune(run)
@@ -97,7 +101,8 @@ def main() -> None:
         summary.update(_lesion_summary(rows))
     (out / "cv_summary.json").write_text(json.dumps(summary, indent=2))
     cores = len(os.sched_getaffinity(0))
-    init_arg = f" --init {Path(args.init).name}" if args.init else ""
+    shown_init = args.init if args.init and "{fold}" in args.init else Path(args.init or "").name
+    init_arg = f" --init {shown_init}" if args.init else ""
     model_arg = " --model baseline" if args.model == "baseline" else ""
     command = (
         f"python benchmarks/tasks_cv.py --task {args.task} --steps {args.steps} "
