@@ -57,3 +57,18 @@ def test_feature_classifiers_separate_separable_groups():
     x = centres[y] + rng.normal(0, 0.5, (len(y), 5))
     for classify in script.CLASSIFIERS.values():
         assert (classify(x[::2], y[::2], x[1::2]) == y[1::2]).all()
+
+
+def test_landmark_benchmark_matches_swapped_points_and_picks_mid_slices():
+    import numpy as np
+
+    bench = _script("landmarks_vs_mask")
+    truth = np.array([[10.0, 10.0], [20.0, 10.0]])
+    swapped = truth[::-1] + np.array([[0.0, 3.0], [0.0, 4.0]])  # order swapped, 3 and 4 px off
+    assert bench.matched_error_mm(swapped, truth, 1.5) == pytest.approx(1.5 * 3.5)
+    assert np.isnan(bench.matched_error_mm(None, truth, 1.5))
+    rows = [{"subject": "a", "phase": "ED", "slice": z} for z in (2, 3, 4, 5, 6)]
+    rows += [{"subject": "a", "phase": "ES", "slice": 4}, {"subject": "b", "phase": "ED", "slice": 7}]
+    assert bench.mid_ventricular(rows) == {2, 6}  # a: slice 4 (index 2); b: its only ED slice
+    assert bench.summary([1.0, 3.0, float("nan")]) == "2.0 / 2.0 (1 without a junction)"
+    assert bench.named_files(["x=a/b.safetensors"], "--seg") == {"x": Path("a/b.safetensors")}
