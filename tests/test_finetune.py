@@ -179,12 +179,45 @@ def test_scar_evidence_head_starts_from_an_lge_seg_model(tmp_path):
 
 
 def test_conv_skip_decoder_is_recorded_and_reloads(tmp_path):
-    result = finetune(
-        _cfg(tmp_path, export_fp16=False, task_options={"conv_skip_stages": 2}, image_size=32),
-        progress=False,
-    )
+    result = finetune(_cfg(tmp_path, export_fp16=False), progress=False)
     model, card = load_task_model(result.weights)
-    assert card["task_config"]["conv_skip_stages"] == 2
+    assert card["task_config"]["conv_skip_stages"] == 2  # the default
     assert len(model.head.conv_down) == 2
     with pytest.raises(ConfigError, match="conv_skip_stages must be in"):
         finetune(_cfg(tmp_path / "bad", task_options={"conv_skip_stages": 3}), progress=False)
+
+
+def test_a_card_from_before_conv_skips_loads_as_it_was_built(tmp_path):
+    """Cards written before the option existed hold no conv_skip_stages: they load with 0, not today's 2."""
+    from cmrfm.engine.checkpoint import load_weights, save_weights
+
+    result = finetune(_cfg(tmp_path, export_fp16=False, task_options={"conv_skip_stages": 0}), progress=False)
+    tensors, card = load_weights(result.weights)
+    del card["task_config"]["conv_skip_stages"]
+    old = tmp_path / "old.safetensors"
+    save_weights(tensors, old, card, fp16=False)
+    model, _ = load_task_model(old)
+    assert len(model.head.conv_down) == 0
+
+
+def test_frozen_decoder_must_transfer_whole(tmp_path):
+    seg = finetune(
+        _cfg(tmp_path / "seg", task="lge-seg", steps=0, task_options={"conv_skip_stages": 0}), progress=False
+    )
+    with pytest.raises(ConfigError, match="conv_skip_stages=0"):
+        finetune(
+            _cfg(tmp_path / "inf", task="lge-infarct", init=str(seg.weights), task_options={"head": "scar"}),
+            progress=False,
+        )
+
+
+def test_landmarks_start_from_a_segmentation_decoder(tmp_path):
+    """The landmark head wraps its decoder under ``decoder.``; a sax-seg decoder still transfers."""
+    seg = finetune(_cfg(tmp_path / "sax", steps=0), progress=False)
+    result = finetune(
+        _cfg(tmp_path / "lm", task="landmarks", init=str(seg.weights), steps=0, task_options={"lax": False}),
+        progress=False,
+    )
+    _, card = load_task_model(result.weights)
+    transfer = card["transfer"]
+    assert transfer["head_tensors"] - 10 < transfer["head_tensors_transferred"] < transfer["head_tensors"]

@@ -14,7 +14,7 @@ import csv
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,6 +49,9 @@ Mode = Literal["full", "frozen", "linear"]
 
 #: Format tag in the card of a fine-tuned task model.
 TASK_MODEL_FORMAT = "cmrfm-task/1"
+#: Task settings added after models were shipped, with the value every earlier model was built
+#: with: a card that lacks one loads with this value, not with today's default.
+LEGACY_TASK_OPTIONS: dict[str, Any] = {"conv_skip_stages": 0}
 
 
 @dataclass
@@ -224,6 +227,15 @@ def _transfer_from_task_model(task: Task, cfg: FinetuneConfig) -> tuple[TaskMode
     head = task.build_head(bcfg.embed_dim, len(bcfg.levels()), bcfg.patch_size, linear=cfg.mode == "linear")
     own = head.state_dict()
     matched = matching_head_tensors(own, source.head.state_dict(), getattr(head, "transfer_prefix", ""))
+    frozen = getattr(head, "frozen_prefix", "")
+    missing = [k for k in own if frozen and k.startswith(frozen) and k not in matched]
+    if missing:
+        source_options = card_task_options(source_card)
+        raise ConfigError(
+            f"init={cfg.init}: {len(missing)} tensors of the frozen {frozen.rstrip('.')} have no match in "
+            f"the {source_card['task']!r} model (e.g. {missing[0]}); build this head like that model's "
+            f"(its conv_skip_stages={source_options.get('conv_skip_stages')}) or let the decoder train"
+        )
     head.load_state_dict(matched, strict=False)
     if cfg.mode in ("frozen", "linear"):
         backbone.requires_grad_(False)
@@ -426,6 +438,16 @@ def export_model(
     return save_weights(state, path, full, fp16=fp16)
 
 
+def card_task_options(card: dict[str, Any]) -> dict[str, Any]:
+    """A card's task settings, with :data:`LEGACY_TASK_OPTIONS` for those it predates."""
+    options = dict(card.get("task_config") or {})
+    known = {f.name for f in fields(TASKS.get(card["task"]).config_cls)}
+    for key, value in LEGACY_TASK_OPTIONS.items():
+        if key in known and key not in options:
+            options[key] = value
+    return options
+
+
 def load_task_model(path: str | Path) -> tuple[TaskModel | BaselineModel, dict[str, Any]]:
     """Loads a model written by :func:`export_model`; clear errors for other files or tasks."""
     from cmrfm.engine.checkpoint import load_weights
@@ -433,7 +455,7 @@ def load_task_model(path: str | Path) -> tuple[TaskModel | BaselineModel, dict[s
     tensors, card = load_weights(path)
     if card.get("format") != TASK_MODEL_FORMAT or "task" not in card:
         raise InputError(path, "not a cmrfm task model (its card has no task; is it a backbone?)")
-    task = build_task(card["task"], card.get("task_config") or {})
+    task = build_task(card["task"], card_task_options(card))
     arch = card.get("architecture") or {}
     if arch.get("name") == "baseline":
         model: TaskModel | BaselineModel = BaselineModel(task, task.build_baseline(int(arch["image_size"])))

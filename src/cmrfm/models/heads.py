@@ -201,16 +201,28 @@ class LandmarkHead(nn.Module):
         patch_size: ViT patch size.
         num_landmarks: K landmarks.
         linear: Use the linear-probe decoder instead of the UNETR-like one.
+        conv_skip_stages: Convolutional skips of the decoder (:class:`SegmentationDecoder`).
     """
 
+    #: Its decoder receives a segmentation model's decoder tensors (``--init`` a ``sax-seg`` model).
+    transfer_prefix = "decoder."
+
     def __init__(
-        self, embed_dim: int, num_levels: int, patch_size: int, num_landmarks: int, linear: bool = False
+        self,
+        embed_dim: int,
+        num_levels: int,
+        patch_size: int,
+        num_landmarks: int,
+        linear: bool = False,
+        conv_skip_stages: int = 0,
     ) -> None:
         super().__init__()
         self.decoder: nn.Module = (
             LinearDecoder(embed_dim, num_landmarks)
             if linear
-            else SegmentationDecoder(embed_dim, num_levels, patch_size, num_landmarks)
+            else SegmentationDecoder(
+                embed_dim, num_levels, patch_size, num_landmarks, conv_skip_stages=conv_skip_stages
+            )
         )
         self.log_temperature = nn.Parameter(torch.zeros(()))
 
@@ -322,6 +334,8 @@ class MaskEvidenceClassifier(nn.Module):
         super().__init__()
         self.decoder = decoder
         self.evidence, self.context, self.top_k = list(evidence), list(context), top_k
+        #: Tensors under this prefix must all come from the model it starts from (they never train).
+        self.frozen_prefix = "decoder." if freeze_decoder else ""
         if freeze_decoder:
             self.decoder.requires_grad_(False)
         self.stats_norm = nn.BatchNorm1d(3, affine=False)

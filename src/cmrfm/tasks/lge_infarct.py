@@ -58,7 +58,7 @@ class LgeInfarctConfig(ClassificationConfig):
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     head: Literal["tokens", "scar"] = "tokens"
     freeze_decoder: bool = True
-    conv_skip_stages: int = 0
+    conv_skip_stages: int = 2
 
 
 @register_task
