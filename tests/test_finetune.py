@@ -209,6 +209,8 @@ def test_frozen_decoder_must_transfer_whole(tmp_path):
             _cfg(tmp_path / "inf", task="lge-infarct", init=str(seg.weights), task_options={"head": "scar"}),
             progress=False,
         )
+    with pytest.raises(ConfigError, match="must start from a task model"):  # nothing to take it from
+        finetune(_cfg(tmp_path / "inf2", task="lge-infarct", task_options={"head": "scar"}), progress=False)
 
 
 def test_landmarks_start_from_a_segmentation_decoder(tmp_path):

@@ -198,6 +198,11 @@ def build_model(task: Task, cfg: FinetuneConfig) -> tuple[TaskModel | BaselineMo
     bcfg: ViTConfig = backbone.cfg
     linear = cfg.mode == "linear"
     head = task.build_head(bcfg.embed_dim, len(bcfg.levels()), bcfg.patch_size, linear=linear)
+    if getattr(head, "frozen_prefix", ""):
+        raise ConfigError(
+            f"{task.info.id}: this head keeps its {head.frozen_prefix.rstrip('.')} frozen, so it must start "
+            "from a task model that has one (e.g. --init weights/lge-seg.safetensors for head=scar)"
+        )
     if cfg.mode in ("frozen", "linear"):
         backbone.requires_grad_(False)
     return TaskModel(task, backbone, head), card

@@ -6,7 +6,10 @@ Two heads (``task_options.head``):
 * ``scar``: a segmentation decoder's scar probabilities, summarised per slice and attention-pooled
   (:class:`~cmrfm.models.heads.MaskEvidenceClassifier`). Started from an ``lge-seg`` model
   (``--init weights/lge-seg.safetensors``: backbone and decoder transfer), it decides from the scar
-  the segmentation draws, with the decoder frozen by default so only a few dozen weights train.
+  the segmentation draws, with the decoder frozen by default so only a few hundred weights train.
+  Recipe of the shipped head: ``mode=frozen optim.lr=1e-3 'task_options.ce_class_weights=[3,1]'
+  task_options.prior_correction=false`` (classes weighted by inverse frequency and left so: 0.5 is
+  then the balanced decision point; benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
