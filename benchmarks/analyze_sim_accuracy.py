@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import datetime as dt
-import platform
 import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from results import replace_section, weight_folders
+from results import machine_line, replace_section, weight_folders
 
 from cmrfm.cli.analyze import EXAMPLE_TRUTH_KEYS
 from cmrfm.clinical.analyze import AnalyzeOptions, analyze_path
@@ -101,8 +99,7 @@ def section(rows: list[dict[str, Any]], weights: dict[str, Path], seeds: list[in
     lines = [
         HEADING,
         "",
-        f"Machine: {platform.node() or 'unknown'}, {platform.machine()}. "
-        f"Date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC. Command: `{command}`.",
+        machine_line(command),
         "",
         f"{len(seeds)} simulated studies (seed and group: {groups}), cine SAX only, analysed from "
         "NIfTI images without labels; truth from the simulator's label masks. Weights: "

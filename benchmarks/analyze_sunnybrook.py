@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime as dt
-import platform
 import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from results import replace_section, weight_folders
+from results import machine_line, replace_section, weight_folders
 
 from cmrfm import metrics
 from cmrfm.clinical.analyze import AnalyzeOptions, analyze
@@ -100,8 +98,7 @@ def section(results: dict[str, list[dict[str, Any]]], weights: dict[str, Path], 
     lines = [
         HEADING,
         "",
-        f"Machine: {platform.node() or 'unknown'}, {platform.machine()}. "
-        f"Date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC. Command: `{command}`.",
+        machine_line(command),
         "",
         f"One study, {study.series[0].shape} voxels, {len(first)} contoured frames "
         f"({sum(r['slices'] for r in first)} contoured slices). Weights: "

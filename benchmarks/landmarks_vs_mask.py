@@ -19,15 +19,13 @@ Usage: ``python benchmarks/landmarks_vs_mask.py --seg NAME=FILE [--seg ...]
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import platform
 import sys
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import torch
-from results import replace_section
+from results import machine_line, named_paths, replace_section
 
 from cmrfm.clinical.geometry import rv_insertion_points
 from cmrfm.data.splits import kfold_splits
@@ -140,8 +138,7 @@ def section(errors: dict[str, list[float]], rows: list[dict], mid: set[int], com
     lines = [
         HEADING,
         "",
-        f"Machine: {platform.node() or 'unknown'}, {platform.machine()}. "
-        f"Date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC. Command: `{command}`.",
+        machine_line(command),
         "",
         f"Fold {fold} held-out: {subjects} patients, {len(rows)} ED/ES slices with a junction in the "
         f"manual labels ({len(mid)} ED mid-ventricular). Error = mean distance of the two points, mm, "
@@ -156,17 +153,6 @@ def section(errors: dict[str, list[float]], rows: list[dict], mid: set[int], com
     return "\n".join(lines) + "\n"
 
 
-def named_files(pairs: list[str], option: str) -> dict[str, Path]:
-    """``NAME=FILE`` arguments -> ``{name: path}``."""
-    out = {}
-    for pair in pairs:
-        name, sep, file = pair.partition("=")
-        if not sep or not name or not file:
-            raise SystemExit(f"{option} {pair!r}: expected NAME=FILE")
-        out[name] = Path(file)
-    return out
-
-
 def main(argv: list[str] | None = None) -> None:
     """Command line entry."""
     parser = argparse.ArgumentParser(
@@ -177,9 +163,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fold", type=int, default=0)
     parser.add_argument("--write", action="store_true", help="rewrite this section of RESULTS.md")
     args = parser.parse_args(argv)
-    seg = named_files(args.seg or [f"shipped sax-seg={ROOT / 'weights' / 'sax-seg.safetensors'}"], "--seg")
+    seg = named_paths(
+        args.seg or [f"shipped sax-seg={ROOT / 'weights' / 'sax-seg.safetensors'}"], "--seg", "FILE"
+    )
     rows = held_out_slices(args.fold)
-    errors = evaluate(rows, seg, named_files(args.landmarks, "--landmarks"))
+    errors = evaluate(rows, seg, named_paths(args.landmarks, "--landmarks", "FILE"))
     command = "python benchmarks/landmarks_vs_mask.py " + " ".join(sys.argv[1:] if argv is None else argv)
     text = section(errors, rows, mid_ventricular(rows), command.strip(), args.fold)
     print(text)

@@ -7,6 +7,8 @@ it as ``from results import update_section``.
 
 from __future__ import annotations
 
+import datetime as dt
+import platform
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -36,14 +38,25 @@ def update_section(title: str, body: str, path: Path = RESULTS) -> None:
     replace_section(heading, f"{heading}\n\n{body.strip()}\n", path)
 
 
-def weight_folders(pairs: list[str], default: Path) -> dict[str, Path]:
-    """``NAME=DIR`` arguments -> ordered ``{name: folder}`` (``{"shipped": default}`` when none)."""
-    if not pairs:
-        return {"shipped": default}
+def machine_line(command: str) -> str:
+    """``Machine: ... Date: ... Command: `...`.`` for the head of a section."""
+    return (
+        f"Machine: {platform.node() or 'unknown'}, {platform.machine()}. "
+        f"Date: {dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC. Command: `{command}`."
+    )
+
+
+def named_paths(pairs: list[str], option: str, what: str = "DIR") -> dict[str, Path]:
+    """``NAME=PATH`` arguments of ``option`` -> ordered ``{name: path}``."""
     out = {}
     for pair in pairs:
-        name, sep, folder = pair.partition("=")
-        if not sep or not name or not folder:
-            raise SystemExit(f"--weights {pair!r}: expected NAME=DIR")
-        out[name] = Path(folder)
+        name, sep, path = pair.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"{option} {pair!r}: expected NAME={what}")
+        out[name] = Path(path)
     return out
+
+
+def weight_folders(pairs: list[str], default: Path) -> dict[str, Path]:
+    """``NAME=DIR`` arguments -> ordered ``{name: folder}`` (``{"shipped": default}`` when none)."""
+    return named_paths(pairs, "--weights") if pairs else {"shipped": default}

@@ -71,4 +71,7 @@ def test_landmark_benchmark_matches_swapped_points_and_picks_mid_slices():
     rows += [{"subject": "a", "phase": "ES", "slice": 4}, {"subject": "b", "phase": "ED", "slice": 7}]
     assert bench.mid_ventricular(rows) == {2, 6}  # a: slice 4 (index 2); b: its only ED slice
     assert bench.summary([1.0, 3.0, float("nan")]) == "2.0 / 2.0 (1 without a junction)"
-    assert bench.named_files(["x=a/b.safetensors"], "--seg") == {"x": Path("a/b.safetensors")}
+    results = _script("results")
+    assert results.named_paths(["x=a/b.safetensors"], "--seg") == {"x": Path("a/b.safetensors")}
+    with pytest.raises(SystemExit, match="expected NAME=FILE"):
+        results.named_paths(["nameless"], "--seg", "FILE")
