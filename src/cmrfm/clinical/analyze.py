@@ -547,7 +547,8 @@ def centre_on_prediction(
     centre = None
     for _ in range(passes):
         prepared = cache.get(series, loaded.preprocess, frames=[0])
-        pred = bundle.segment(task_id, prepared.images[0])  # (Z, H, W) in, labels (Z, H, W)
+        # one pass is enough to find the heart's centroid; the views are for the final masks
+        pred = bundle.segment(task_id, prepared.images[0], plain=True)  # (Z, H, W) in, labels (Z, H, W)
         grid = clean_stack(label_ids[pred.labels].transpose(1, 2, 0))  # (H, W, Z)
         found = heart_centre_of_masks([invert_mask(grid.transpose(2, 0, 1), prepared.record)])
         if found is None:
