@@ -164,6 +164,38 @@ def test_landmarks_from_the_mask_at_a_mid_ventricular_slice():
     assert abs(np.linalg.norm(out["septal_direction_world"]) - 1) < 1e-3
 
 
+def test_landmarks_model_is_a_second_opinion_beside_the_mask():
+    """Mask points are kept; a landmarks model's points are reported with their distance to them."""
+    from types import SimpleNamespace
+
+    from cmrfm.clinical.geometry import rv_insertion_points
+
+    s = phantom_slice(np.random.default_rng(1), 64)
+    mask = np.stack([s["mask"].T] * 3, axis=-1)[..., None]  # (X, Y, Z, 1)
+    series = Series("sax", np.zeros(mask.shape, np.float32), np.diag([1.5, 1.5, 8.0, 1.0]))
+    on_mask = rv_insertion_points(mask[..., 1, 0].T)
+    record = SimpleNamespace(out_size=64, origin=(0.0, 0.0), step=(1.0, 1.0))
+    run = SimpleNamespace(
+        series=series, labels=mask, prepared=SimpleNamespace(record=record, images={0: np.zeros((3, 64, 64))})
+    )
+    model_points = on_mask[::-1] + np.array([3.0, 4.0])  # swapped order, 5 px = 7.5 mm off
+    bundle = SimpleNamespace(
+        has=lambda task: task == "landmarks",
+        models={"landmarks": SimpleNamespace(preprocess=SimpleNamespace(size=64))},
+        landmarks=lambda task, images: np.concatenate([model_points, np.zeros((3, 2))])[None],
+    )
+    out = landmarks_and_orientation(run, 0, bundle)
+    assert out["source"] == "segmentation"
+    np.testing.assert_allclose(out["rv_insertion_points_px"], on_mask, atol=0.01)
+    assert out["landmarks_model_distance_mm"] == pytest.approx(7.5, abs=0.01)
+    apart = np.where(mask == 3, 0, mask)
+    apart[:4, :4] = 3  # an RV blob far from the wall: no junction on the mask
+    run.labels = apart
+    out = landmarks_and_orientation(run, 0, bundle)
+    assert out["source"] == "landmarks" and "landmarks_model_distance_mm" not in out
+    np.testing.assert_allclose(out["rv_insertion_points_px"], model_points, atol=0.01)
+
+
 def test_ood_flags_implausible_geometry_without_models():
     series = Series("sax", np.zeros((32, 32, 4, 1), np.float32), np.diag([9.0, 9.0, 8.0, 1.0]), view=View.SAX)
     out = ood_assessment([], [series], ModelBundle(folder=Path(".")))
