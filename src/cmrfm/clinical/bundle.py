@@ -279,21 +279,14 @@ class ModelBundle:
             yield slice(start, min(n, start + self.batch_size))
 
     @torch.no_grad()
-    def segment(self, task_id: str, images: np.ndarray, plain: bool = False) -> SegPrediction:
-        """Segments ``(N, H, W)`` preprocessed slices with ``task_id``'s model.
-
-        ``plain=True`` makes one pass whatever the bundle's test-time views (e.g. to locate the heart).
-        """
+    def segment(self, task_id: str, images: np.ndarray) -> SegPrediction:
+        """Segments ``(N, H, W)`` preprocessed slices with ``task_id``'s model."""
         loaded = self.models[task_id]
         model = loaded.model
         images_t = torch.as_tensor(np.asarray(images, np.float32))[:, None]  # (N, 1, H, W)
         size = tuple(images_t.shape[-2:])
         patch = (loaded.card.get("architecture") or {}).get("config", {}).get("patch_size")
-        views = (
-            [View()]
-            if plain
-            else segmentation_views(self.tta, self.jitter, int(patch or DEFAULT_JITTER_PATCH))
-        )
+        views = segmentation_views(self.tta, self.jitter, int(patch or DEFAULT_JITTER_PATCH))
         probs, level_var, tta_var, plain_entropy = [], [], [], []
         for part in self._chunks(len(images_t)):
             batch = images_t[part]
