@@ -44,3 +44,13 @@ def test_sweep_writes_csv_and_plot_and_resumes(tmp_path):
 def test_pretrained_needs_weights(tmp_path):
     with pytest.raises(ConfigError, match=r"base\.init"):
         run_fewshot(FewshotConfig(ks=[1], seeds=1, methods=["pretrained"], out=str(tmp_path), base=_base()))
+
+
+def test_sweep_metric_other_than_primary(tmp_path):
+    base = _base()
+    cfg = FewshotConfig(ks=[1], seeds=1, methods=["scratch"], out=str(tmp_path), base=base, metric="dice_LV")
+    rows = run_fewshot(cfg, progress=False)
+    assert rows[0]["metric"] == "dice_LV" and rows[0]["value"] == rows[0]["m_dice_LV"]
+    bad = FewshotConfig(ks=[1], seeds=1, methods=["scratch"], out=str(tmp_path), base=base, metric="kappa")
+    with pytest.raises(ConfigError, match="no metric 'kappa'"):
+        run_fewshot(bad, progress=False)

@@ -152,6 +152,9 @@ def fewshot(
     init: Path = typer.Option(None, "--init", help="Pretrained backbone for the 'pretrained' method."),
     methods: str = typer.Option("pretrained,scratch,baseline", "--methods", help="Comma-separated methods."),
     out: Path = typer.Option(Path("runs/fewshot"), "--out", help="Sweep folder (finished runs are reused)."),
+    metric: str = typer.Option(
+        "", "--metric", help="Metric of the curves (default: the task's primary; e.g. auroc)."
+    ),
     overrides: list[str] = typer.Argument(None, help=_KV_HELP + " Applied to every run."),
 ) -> None:
     """Label-efficiency sweep: pretrained vs scratch vs baseline over k labelled subjects and seeds."""
@@ -163,7 +166,9 @@ def fewshot(
         chosen.remove("pretrained")
         typer.echo("no --init given: skipping the 'pretrained' method")
     base = _finetune_config(task, init, None, [], overrides)
-    rows = run_fewshot(FewshotConfig(ks=ks, seeds=seeds, methods=chosen, out=str(out), base=base))
+    rows = run_fewshot(
+        FewshotConfig(ks=ks, seeds=seeds, methods=chosen, out=str(out), base=base, metric=metric)
+    )
     for method, by_k in summarise(rows).items():
         cells = ", ".join(f"k={kk}: {m:.3f}±{s:.3f}" for kk, (m, s, _) in by_k.items())
         typer.echo(f"{method}: {cells}")

@@ -36,6 +36,9 @@ class FewshotConfig:
         methods: Which of ``pretrained``, ``scratch``, ``baseline`` to run.
         out: Sweep folder.
         base: The fine-tuning settings shared by every run (task, steps, batch, fold, ...).
+        metric: The metric the curves show (any the task's evaluation reports, e.g. ``auroc``
+            or ``balanced_accuracy`` for a binary task whose accuracy only counts the majority
+            class at small k); empty = the task's primary metric. Every metric lands in the CSV.
     """
 
     ks: list[int] = field(default_factory=lambda: [1, 2, 5, 10, 20, 0])
@@ -43,6 +46,7 @@ class FewshotConfig:
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     out: str = "runs/fewshot"
     base: FinetuneConfig = field(default_factory=FinetuneConfig)
+    metric: str = ""
 
 
 def _run_config(cfg: FewshotConfig, method: str, k: int, seed: int) -> FinetuneConfig:
@@ -63,7 +67,7 @@ def run_fewshot(cfg: FewshotConfig, progress: bool = True) -> list[dict[str, Any
     """Runs (or reuses) every run of the sweep and writes the CSV and the plot."""
     if not cfg.base.task:
         raise ConfigError("no task given: set base.task=<id>")
-    primary = TASKS.get(cfg.base.task).info.metric
+    primary = cfg.metric or TASKS.get(cfg.base.task).info.metric
     rows: list[dict[str, Any]] = []
     # k outermost, methods innermost: a sweep stopped early still compares methods like for like
     for k in cfg.ks:
@@ -75,6 +79,11 @@ def run_fewshot(cfg: FewshotConfig, progress: bool = True) -> list[dict[str, Any
                 if not metrics_path.is_file():
                     finetune(run, progress=progress)
                 result = json.loads(metrics_path.read_text())
+                if primary not in result["metrics"]:
+                    raise ConfigError(
+                        f"{metrics_path}: no metric {primary!r}; "
+                        f"this task reports {', '.join(result['metrics'])}"
+                    )
                 rows.append(
                     {
                         "task": cfg.base.task,
