@@ -14,7 +14,10 @@ Which patients each fold held out is read from ``<cv>/splits.json``
 (``{"k": K, "seed": S, "folds": [{"fold": 0, "train": [...], "val": [...]}, ...]}``) or, failing
 that, from each fold card's ``eval_subject_ids``. ``--write-splits K`` writes the split that
 ``cmrfm finetune --task sax-seg folds=K fold=f`` trains on (the same function computes both).
-Folds without weights are skipped with a message.
+Folds without weights are skipped with a message. Each patient's result is kept in
+``<out>/patients/<id>.json`` with the digest of the fold model and the analysis options that made
+it; a rerun reuses the results whose model and options are unchanged, so the folds of a
+cross-validation can be analysed as they finish.
 
 Besides the accuracy numbers it writes ``predicted_features.csv``: the disease classifier's shape
 and function features of every patient's out-of-fold predicted masks, for training ``disease-cls``
@@ -29,6 +32,7 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
+import hashlib
 import json
 import platform
 import re
@@ -305,15 +309,31 @@ def run(
         raise InputError(acdc, "no ACDC patient is held out by any fold")
     out.mkdir(parents=True, exist_ok=True)
     bundles: dict[int, ModelBundle] = {}
+    keys: dict[int, dict[str, Any]] = {}
     rows = []
+    reused = 0
     with tempfile.TemporaryDirectory(prefix="cmrfm-acdc-cv-") as tmp:
         for n, patient in enumerate(ids):
             fold = folds[patient]
-            if fold not in bundles:
-                bundles[fold] = ModelBundle.from_files(
-                    {"sax-seg": cv / f"fold{fold}.safetensors"}, tta=tta, jitter=jitter
-                )
-            rows.append({"fold": fold, **evaluate_patient(acdc / patient, bundles[fold], Path(tmp) / str(n))})
+            if fold not in keys:
+                keys[fold] = {
+                    "weights_sha256": _digest(cv / f"fold{fold}.safetensors"),
+                    "tta": tta,
+                    "jitter": jitter,
+                }
+            row = _cached_row(out, patient, keys[fold])
+            if row is None:
+                if fold not in bundles:
+                    bundles[fold] = ModelBundle.from_files(
+                        {"sax-seg": cv / f"fold{fold}.safetensors"}, tta=tta, jitter=jitter
+                    )
+                row = {"fold": fold, **evaluate_patient(acdc / patient, bundles[fold], Path(tmp) / str(n))}
+                _store_row(out, patient, keys[fold], row)
+            else:
+                reused += 1
+            rows.append(row)
+    if reused:
+        print(f"reused {reused} patients' results from {out / 'patients'} (same fold model and options)")
     features = {r["patient"]: r.pop("shape_features") for r in rows}
     with (out / "per_patient.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
@@ -323,13 +343,53 @@ def run(
     summary = summarise(rows)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot = bland_altman(rows, out / "bland_altman.png")
-    cards = {f: b.models["sax-seg"].card for f, b in bundles.items()}
+    from cmrfm.engine.checkpoint import load_weights
+
+    cards = {f: load_weights(cv / f"fold{f}.safetensors")[1] for f in sorted(keys)}
     flags = (" --tta" if tta else "") + ("" if jitter else " --no-jitter")
     section = _section(summary, cards, cv, len(ids), flags)
     print(section)
     if write:
         _write_section(section, plot)
     return summary
+
+
+def _digest(path: Path) -> str:
+    """SHA-256 of a weights file (which model made a cached result)."""
+    sha = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+def _cached_row(out: Path, patient: str, key: dict[str, Any]) -> dict[str, Any] | None:
+    """A patient's earlier result when it was made by the same model with the same options."""
+    path = out / "patients" / f"{patient}.json"
+    if not path.is_file():
+        return None
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return stored["row"] if stored.get("key") == key else None
+
+
+def _store_row(out: Path, patient: str, key: dict[str, Any], row: dict[str, Any]) -> None:
+    """Keeps a patient's result (with what made it) for reruns; written whole or not at all."""
+    folder = out / "patients"
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = folder / f".{patient}.json.part"
+    partial.write_text(json.dumps({"key": key, "row": row}, default=_json_default))
+    partial.replace(folder / f"{patient}.json")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 def rewrite_from(out: Path, cv: Path) -> str:

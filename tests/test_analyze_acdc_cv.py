@@ -72,6 +72,24 @@ def test_two_patients_each_by_its_held_out_fold(tmp_path, acdc_root, one_thread)
     assert all(set(r) == {"subject", *FEATURE_NAMES} for r in table)
     assert {r["subject"] for r in table} <= {"patient001", "patient002"}
 
+    # a rerun reuses each patient's stored result; a changed fold model is analysed again
+    analysed = []
+    real = script.evaluate_patient
+
+    def counting(patient_dir, *args):
+        analysed.append(patient_dir.name)
+        return real(patient_dir, *args)
+
+    script.evaluate_patient = counting
+    try:
+        again = script.main(["--cv", str(cv), "--acdc", str(acdc), "--out", str(out)])
+        assert analysed == [] and again["dice_mean"] == summary["dice_mean"]
+        shutil.copy(cv / "fold0.safetensors", cv / "fold1.safetensors")
+        script.main(["--cv", str(cv), "--acdc", str(acdc), "--out", str(out)])
+        assert analysed == [p for p, f in held.items() if f == 1]
+    finally:
+        script.evaluate_patient = real
+
 
 def test_reference_volumes_match_perfect_predictions(acdc_root):
     """Dice of the manual labels with themselves is 1 and their function equals the reference."""
