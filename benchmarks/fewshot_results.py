@@ -34,11 +34,14 @@ def read_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def summarise(rows: list[dict[str, str]]) -> tuple[list[str], list[str], dict[tuple[str, str], list[float]]]:
-    """Methods, ks (in sweep order) and the metric values per (method, k)."""
+def summarise(
+    rows: list[dict[str, str]], column: str = "value"
+) -> tuple[list[str], list[str], dict[tuple[str, str], list[float]]]:
+    """Methods, ks (in sweep order) and the values of ``column`` per (method, k)."""
     values: dict[tuple[str, str], list[float]] = defaultdict(list)
     for row in rows:
-        values[(row["method"], row["k"])].append(float(row["value"]))
+        if row.get(column, "") != "":
+            values[(row["method"], row["k"])].append(float(row[column]))
     methods = list(dict.fromkeys(r["method"] for r in rows))
     ks = list(dict.fromkeys(r["k"] for r in rows))
     return methods, ks, values
@@ -51,9 +54,22 @@ def paired_gain(rows: list[dict[str, str]], k: str, a: str = "pretrained", b: st
     return [by[(a, s)] - by[(b, s)] for s in seeds if (a, s) in by and (b, s) in by]
 
 
-def section(rows: list[dict[str, str]], sweep: Path, plot_name: str) -> str:
-    """The markdown body: budget, table, paired gains, plot."""
-    methods, ks, values = summarise(rows)
+def _table(rows: list[dict[str, str]], column: str) -> list[str]:
+    """One markdown table: a row per method, a column per k, mean ± sd over seeds."""
+    methods, ks, values = summarise(rows, column)
+    lines = ["| method | " + " | ".join(f"k = {k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
+    for method in methods:
+        cells = []
+        for k in ks:
+            v = values.get((method, k), [])
+            cells.append(f"{np.mean(v):.3f} ± {np.std(v):.3f} (n={len(v)})" if v else "–")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def section(rows: list[dict[str, str]], sweep: Path, plot_name: str, extra: tuple[str, ...] = ()) -> str:
+    """The markdown body: budget, table (and one per ``extra`` metric), paired gains, plot."""
+    methods, ks, _ = summarise(rows)
     first = rows[0]
     minutes = sum(float(r["seconds"]) for r in rows) / 60
     lines = [
@@ -65,15 +81,12 @@ def section(rows: list[dict[str, str]], sweep: Path, plot_name: str) -> str:
         f"training part of fold {first['fold']}, evaluated on that fold's held-out subjects; "
         f"metric `{first['metric']}` (mean ± sd over seeds, n = seeds finished).",
         "",
-        "| method | " + " | ".join(f"k = {k}" for k in ks) + " |",
-        "|---|" + "---|" * len(ks),
+        *_table(rows, "value"),
     ]
-    for method in methods:
-        cells = []
-        for k in ks:
-            v = values.get((method, k), [])
-            cells.append(f"{np.mean(v):.3f} ± {np.std(v):.3f} (n={len(v)})" if v else "–")
-        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    for name in extra:
+        if not any(r.get(f"m_{name}", "") != "" for r in rows):
+            raise SystemExit(f"{sweep / 'fewshot.csv'}: no metric {name!r} in the runs")
+        lines += ["", f"The same runs, `{name}`:", "", *_table(rows, f"m_{name}")]
     if {"pretrained", "scratch"} <= set(methods):
         gains = []
         for k in ks:
@@ -92,13 +105,17 @@ def main(argv: list[str] | None = None) -> str:
     )
     parser.add_argument("sweep", type=Path, help="folder holding fewshot.csv (and fewshot.png)")
     parser.add_argument("--write", action="store_true", help="rewrite this task's RESULTS.md section")
+    parser.add_argument(
+        "--also", default="", help="further metrics to tabulate, comma-separated (e.g. accuracy)"
+    )
     args = parser.parse_args(argv)
     rows = read_rows(args.sweep / "fewshot.csv")
     if not rows:
         raise SystemExit(f"{args.sweep / 'fewshot.csv'}: no finished runs")
     task = rows[0]["task"]
     plot_name = f"fewshot_{task}.png"
-    body = section(rows, args.sweep, plot_name)
+    extra = tuple(m.strip() for m in args.also.split(",") if m.strip())
+    body = section(rows, args.sweep, plot_name, extra)
     print(body)
     if args.write:
         IMAGES.mkdir(exist_ok=True)

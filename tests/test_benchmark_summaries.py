@@ -45,6 +45,14 @@ def test_fewshot_summary_pairs_seeds_and_tolerates_a_partial_sweep():
     assert methods == ["pretrained", "scratch", "baseline"] and ks == ["1"]
     assert len(values[("pretrained", "1")]) == 3 and len(values[("scratch", "1")]) == 2
     assert script.paired_gain(rows, "1") == pytest.approx([0.1, 0.11])  # seed 2 has no pair
+    for row in rows:
+        row.update(metric="auroc", steps="100", batch_size="4", image_size="128", fold="0", seconds="60")
+        row["m_accuracy"] = "0.75"
+    body = script.section(rows, Path("sweep"), "p.png", ("accuracy",))
+    assert "| pretrained | 0.610 ± 0.008 (n=3) |" in body
+    assert "`accuracy`" in body and "| scratch | 0.750 ± 0.000 (n=2) |" in body
+    with pytest.raises(SystemExit, match="no metric 'kappa'"):
+        script.section(rows, Path("sweep"), "p.png", ("kappa",))
 
 
 def test_feature_classifiers_separate_separable_groups():
