@@ -74,7 +74,7 @@ def section(rows: list[dict[str, str]], sweep: Path, plot_name: str, extra: tupl
     minutes = sum(float(r["seconds"]) for r in rows) / 60
     lines = [
         f"Machine: {platform.processor() or platform.machine()}; date {datetime.now(UTC):%Y-%m-%d}. "
-        f"Sweep folder `{sweep.name}`, {len(rows)} runs, {minutes:.0f} min in all (wall time on a "
+        f"Sweep folder `{sweep.name}`, {len(rows)} runs, {minutes:.0f} min of training in all (on a "
         "shared 2-core machine).",
         f"Budget of every run: {first['steps']} steps × batch {first['batch_size']} at "
         f"{first['image_size']} px; k labelled training subjects drawn (nested, stratified) from the "

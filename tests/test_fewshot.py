@@ -39,6 +39,7 @@ def test_sweep_writes_csv_and_plot_and_resumes(tmp_path):
     # a second call reuses every finished run (fast, same values)
     again = run_fewshot(cfg, progress=False)
     assert [r["value"] for r in again] == [r["value"] for r in rows]
+    assert [r["seconds"] for r in again] == [r["seconds"] for r in rows]  # training time kept from the card
 
 
 def test_pretrained_needs_weights(tmp_path):

@@ -96,13 +96,22 @@ def run_fewshot(cfg: FewshotConfig, progress: bool = True) -> list[dict[str, Any
                         "batch_size": run.batch_size,
                         "image_size": run.image_size,
                         "fold": run.fold,
-                        "seconds": round(time.perf_counter() - started, 1),
+                        "seconds": round(_train_seconds(run.out, time.perf_counter() - started), 1),
                         **{f"m_{name}": v for name, v in result["metrics"].items()},
                     }
                 )
                 write_csv(rows, Path(cfg.out) / "fewshot.csv")
     plot_curves(rows, Path(cfg.out) / "fewshot.png", primary, cfg.base.task)
     return rows
+
+
+def _train_seconds(run_out: str, fallback: float) -> float:
+    """The run's training time from its model card (so a reused run keeps its cost), else ``fallback``."""
+    card = Path(run_out) / "model.json"
+    try:
+        return float(json.loads(card.read_text())["train_seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return fallback
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
