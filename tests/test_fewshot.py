@@ -55,3 +55,28 @@ def test_sweep_metric_other_than_primary(tmp_path):
     bad = FewshotConfig(ks=[1], seeds=1, methods=["scratch"], out=str(tmp_path), base=base, metric="kappa")
     with pytest.raises(ConfigError, match="no metric 'kappa'"):
         run_fewshot(bad, progress=False)
+
+
+def test_collect_only_tabulates_finished_runs_and_trains_nothing(tmp_path):
+    base = _base()
+    run_fewshot(
+        FewshotConfig(ks=[1], seeds=1, methods=["scratch"], out=str(tmp_path), base=base), progress=False
+    )
+    wider = FewshotConfig(
+        ks=[1, 2], seeds=2, methods=["scratch", "baseline"], out=str(tmp_path), base=base, train_missing=False
+    )
+    rows = run_fewshot(wider, progress=False)
+    assert [(r["method"], r["k"], r["seed"]) for r in rows] == [("scratch", 1, 0)]
+    assert not (tmp_path / "baseline").exists()
+    with pytest.raises(ConfigError, match="no finished runs"):
+        run_fewshot(
+            FewshotConfig(
+                ks=[1],
+                seeds=1,
+                methods=["scratch"],
+                out=str(tmp_path / "empty"),
+                base=base,
+                train_missing=False,
+            ),
+            progress=False,
+        )

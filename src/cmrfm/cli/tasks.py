@@ -155,6 +155,9 @@ def fewshot(
     metric: str = typer.Option(
         "", "--metric", help="Metric of the curves (default: the task's primary; e.g. auroc)."
     ),
+    collect_only: bool = typer.Option(
+        False, "--collect-only", help="Train nothing: tabulate and plot the finished runs of --out."
+    ),
     overrides: list[str] = typer.Argument(None, help=_KV_HELP + " Applied to every run."),
 ) -> None:
     """Label-efficiency sweep: pretrained vs scratch vs baseline over k labelled subjects and seeds."""
@@ -167,7 +170,15 @@ def fewshot(
         typer.echo("no --init given: skipping the 'pretrained' method")
     base = _finetune_config(task, init, None, [], overrides)
     rows = run_fewshot(
-        FewshotConfig(ks=ks, seeds=seeds, methods=chosen, out=str(out), base=base, metric=metric)
+        FewshotConfig(
+            ks=ks,
+            seeds=seeds,
+            methods=chosen,
+            out=str(out),
+            base=base,
+            metric=metric,
+            train_missing=not collect_only,
+        )
     )
     for method, by_k in summarise(rows).items():
         cells = ", ".join(f"k={kk}: {m:.3f}±{s:.3f}" for kk, (m, s, _) in by_k.items())

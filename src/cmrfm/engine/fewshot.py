@@ -39,6 +39,8 @@ class FewshotConfig:
         metric: The metric the curves show (any the task's evaluation reports, e.g. ``auroc``
             or ``balanced_accuracy`` for a binary task whose accuracy only counts the majority
             class at small k); empty = the task's primary metric. Every metric lands in the CSV.
+        train_missing: Train the runs that have not finished; ``False`` only collects the
+            finished ones (the CSV and plot of a stopped sweep, or of one split over processes).
     """
 
     ks: list[int] = field(default_factory=lambda: [1, 2, 5, 10, 20, 0])
@@ -47,6 +49,7 @@ class FewshotConfig:
     out: str = "runs/fewshot"
     base: FinetuneConfig = field(default_factory=FinetuneConfig)
     metric: str = ""
+    train_missing: bool = True
 
 
 def _run_config(cfg: FewshotConfig, method: str, k: int, seed: int) -> FinetuneConfig:
@@ -77,6 +80,8 @@ def run_fewshot(cfg: FewshotConfig, progress: bool = True) -> list[dict[str, Any
                 metrics_path = Path(run.out) / "metrics.json"
                 started = time.perf_counter()
                 if not metrics_path.is_file():
+                    if not cfg.train_missing:
+                        continue
                     finetune(run, progress=progress)
                 result = json.loads(metrics_path.read_text())
                 if primary not in result["metrics"]:
@@ -101,6 +106,8 @@ def run_fewshot(cfg: FewshotConfig, progress: bool = True) -> list[dict[str, Any
                     }
                 )
                 write_csv(rows, Path(cfg.out) / "fewshot.csv")
+    if not rows:
+        raise ConfigError(f"{cfg.out}: no finished runs to collect")
     plot_curves(rows, Path(cfg.out) / "fewshot.png", primary, cfg.base.task)
     return rows
 
