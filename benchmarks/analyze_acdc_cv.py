@@ -48,7 +48,7 @@ from cmrfm.clinical.analyze import AnalyzeOptions, analyze_path
 from cmrfm.clinical.bundle import ModelBundle
 from cmrfm.clinical.features import FEATURE_NAMES
 from cmrfm.clinical.function import slice_spacing_mm, ventricular_function
-from cmrfm.clinical.geometry import rv_insertion_points
+from cmrfm.clinical.geometry import insertion_points_distance, rv_insertion_points
 from cmrfm.constants import Label
 from cmrfm.data.adapters.acdc import INFO_FILE, AcdcAdapter, read_info
 from cmrfm.errors import InputError
@@ -243,10 +243,7 @@ def rv_insertion_error_mm(
     reference = rv_insertion_points(reference_mask[..., int(landmarks["slice"])].T)
     if reference is None:
         return float("nan")
-    scale = np.array([sx, sy])
-    straight = np.linalg.norm((points - reference) * scale, axis=1).mean()
-    swapped = np.linalg.norm((points - reference[::-1]) * scale, axis=1).mean()
-    return float(min(straight, swapped))
+    return insertion_points_distance(points, reference, (sx, sy))
 
 
 def write_feature_table(features: dict[str, dict[str, float] | None], path: Path) -> Path:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from results import machine_line, named_paths, replace_section
 
-from cmrfm.clinical.geometry import rv_insertion_points
+from cmrfm.clinical.geometry import insertion_points_distance, rv_insertion_points
 from cmrfm.data.splits import kfold_splits
 from cmrfm.engine.finetune import load_task_model
 from cmrfm.tasks.sources import prepared_cache, study_strata
@@ -83,9 +83,7 @@ def matched_error_mm(points: np.ndarray | None, truth: np.ndarray, spacing: floa
     """Mean distance of the two points to the truth in the closer order; NaN without points."""
     if points is None:
         return float("nan")
-    keep = np.linalg.norm(points - truth, axis=1).mean()
-    swap = np.linalg.norm(points[::-1] - truth, axis=1).mean()
-    return float(min(keep, swap) * spacing)
+    return insertion_points_distance(points, truth, spacing)
 
 
 @torch.no_grad()

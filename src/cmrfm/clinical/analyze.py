@@ -55,7 +55,7 @@ from cmrfm.clinical.function import (
     ventricular_function,
     volume_curve_ml,
 )
-from cmrfm.clinical.geometry import rv_insertion_points, septal_direction
+from cmrfm.clinical.geometry import insertion_points_distance, rv_insertion_points, septal_direction
 from cmrfm.clinical.normal_ranges import flag_measurements, load_ranges
 from cmrfm.clinical.postprocess import clean_stack
 from cmrfm.clinical.report import write_report
@@ -738,11 +738,9 @@ def landmarks_and_orientation(run: SegRun, ed: int, bundle: ModelBundle) -> dict
         "rv_insertion_points_mm": world,
     }
     if model_points is not None and source == "segmentation":
-        pixel = np.asarray(series.spacing[:2], float)  # (x, y) mm
-        keep = np.linalg.norm((model_points - points) * pixel, axis=1).mean()
-        swap = np.linalg.norm((model_points[::-1] - points) * pixel, axis=1).mean()
+        distance = insertion_points_distance(model_points, points, series.spacing[:2])  # (x, y) mm/px
         out["landmarks_model_points_px"] = np.round(model_points, 2).tolist()
-        out["landmarks_model_distance_mm"] = round(float(min(keep, swap)), 2)
+        out["landmarks_model_distance_mm"] = round(distance, 2)
     if direction is not None:
         vec = series.affine[:3, :2] @ direction.astype(float)
         out["septal_direction_px"] = np.round(direction, 4).tolist()

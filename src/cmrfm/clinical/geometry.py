@@ -58,6 +58,20 @@ def rv_insertion_points(mask: np.ndarray) -> np.ndarray | None:
     return points
 
 
+def insertion_points_distance(
+    points: np.ndarray, other: np.ndarray, spacing_xy: np.ndarray | float = 1.0
+) -> float:
+    """Mean distance between two pairs of insertion points ``(2, 2)`` (x, y) in the closer pairing.
+
+    Which end of the contact arc is "first" is not anatomical, so the two pairings are tried.
+    ``spacing_xy`` (mm per pixel, scalar or ``(sx, sy)``) turns pixel offsets into mm.
+    """
+    scale = np.asarray(spacing_xy, float)
+    straight = np.linalg.norm((points - other) * scale, axis=1).mean()
+    swapped = np.linalg.norm((points - other[::-1]) * scale, axis=1).mean()
+    return float(min(straight, swapped))
+
+
 def septal_direction(mask: np.ndarray) -> np.ndarray | None:
     """Unit vector (x, y) from the LV centre towards the septum mid-point between the insertion points."""
     points = rv_insertion_points(mask)
