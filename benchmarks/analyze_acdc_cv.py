@@ -38,6 +38,7 @@ import platform
 import re
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +119,13 @@ def held_out_fold(cv: Path) -> dict[str, int]:
     if not out:
         raise InputError(cv, f"no {SPLITS_FILE} and no eval_subject_ids in the fold cards")
     return out
+
+
+def fold_cards(cv: Path, folds: Iterable[int]) -> dict[int, dict[str, Any]]:
+    """The model card of each fold model (its budget, for the RESULTS.md section)."""
+    from cmrfm.engine.checkpoint import load_weights
+
+    return {f: load_weights(cv / f"fold{f}.safetensors")[1] for f in sorted(folds)}
 
 
 def _copy_images(src: Path, dst: Path) -> None:
@@ -340,9 +348,7 @@ def run(
     summary = summarise(rows)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot = bland_altman(rows, out / "bland_altman.png")
-    from cmrfm.engine.checkpoint import load_weights
-
-    cards = {f: load_weights(cv / f"fold{f}.safetensors")[1] for f in sorted(keys)}
+    cards = fold_cards(cv, keys)
     flags = (" --tta" if tta else "") + ("" if jitter else " --no-jitter")
     section = _section(summary, cards, cv, len(ids), flags)
     print(section)
@@ -391,12 +397,10 @@ def _json_default(value: Any) -> Any:
 
 def rewrite_from(out: Path, cv: Path) -> str:
     """Re-renders the RESULTS.md section from an earlier run's ``out`` folder (no re-analysis)."""
-    from cmrfm.engine.checkpoint import load_weights
-
     summary = json.loads((out / "summary.json").read_text())
     with (out / "per_patient.csv").open() as handle:
         folds = sorted({int(r["fold"]) for r in csv.DictReader(handle)})
-    cards = {f: load_weights(cv / f"fold{f}.safetensors")[1] for f in folds}
+    cards = fold_cards(cv, folds)
     section = _section(summary, cards, cv, int(summary["patients"]))
     print(section)
     _write_section(section, out / "bland_altman.png")
