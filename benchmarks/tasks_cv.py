@@ -141,6 +141,10 @@ def _lesion_summary(rows: list[dict]) -> dict[str, tuple[float, float, float]]:
     lesion = np.array([float(r["dice_infarct"]) for r in rows])[ref]
     if lesion.size:
         out["dice_infarct (infarct cases)"] = metrics.mean_ci(lesion)
+    if "dice_scar" in rows[0] and ref.any():  # infarct with its MVO core, as infarct size is reported
+        out["dice_scar = infarct + MVO (infarct cases)"] = metrics.mean_ci(
+            np.array([float(r["dice_scar"]) for r in rows])[ref]
+        )
     y, yhat = ref.astype(int), (pred_ml >= MIN_INFARCT_ML).astype(int)
     out[f"infarct present accuracy (seg ≥ {MIN_INFARCT_ML} mL)"] = metrics.bootstrap_ci(
         lambda idx: metrics.accuracy(y[idx], yhat[idx]), len(y)

@@ -22,13 +22,14 @@ def _script(name: str = "tasks_cv"):
 
 def test_lesion_summary_hand_computed():
     rows = [  # two infarct cases (one found, one missed), two normal cases (one false alarm < 1 mL)
-        {"ml_ref_infarct": "2", "ml_pred_infarct": "3", "dice_infarct": "0.7"},
-        {"ml_ref_infarct": "0", "ml_pred_infarct": "0.5", "dice_infarct": "1.0"},
-        {"ml_ref_infarct": "5", "ml_pred_infarct": "0.2", "dice_infarct": "0.0"},
-        {"ml_ref_infarct": "0", "ml_pred_infarct": "0", "dice_infarct": "1.0"},
+        {"ml_ref_infarct": "2", "ml_pred_infarct": "3", "dice_infarct": "0.7", "dice_scar": "0.8"},
+        {"ml_ref_infarct": "0", "ml_pred_infarct": "0.5", "dice_infarct": "1.0", "dice_scar": "0.0"},
+        {"ml_ref_infarct": "5", "ml_pred_infarct": "0.2", "dice_infarct": "0.0", "dice_scar": "0.1"},
+        {"ml_ref_infarct": "0", "ml_pred_infarct": "0", "dice_infarct": "1.0", "dice_scar": "1.0"},
     ]
     summary = _script()._lesion_summary(rows)
     assert summary["dice_infarct (infarct cases)"][0] == pytest.approx(0.35)  # normals excluded
+    assert summary["dice_scar = infarct + MVO (infarct cases)"][0] == pytest.approx(0.45)
     assert summary["infarct present accuracy (seg ≥ 1.0 mL)"][0] == pytest.approx(0.75)
     # positive scores {3, 0.2} vs negative {0.5, 0}: 3 of 4 pairs ordered right
     assert summary["infarct present AUROC (predicted mL)"][0] == pytest.approx(0.75)

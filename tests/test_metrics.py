@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 from cmrfm import metrics as M
 
@@ -71,3 +72,43 @@ def test_heart_entropy_and_ood_threshold_hand_computed():
     ood = M.entropy_threshold([0.5, 0.55, None, float("nan"), 0.6])
     assert ood["entropy_max"] == pytest.approx(0.72) and "3 held-out volumes" in ood["calibration"]
     assert M.entropy_threshold([None]) is None
+
+
+class _FixedLogits(torch.nn.Module):
+    """Returns one-hot logits of a fixed label map for every item of a batch (no learning)."""
+
+    def __init__(self, labels: np.ndarray, num_classes: int) -> None:
+        super().__init__()
+        onehot = np.eye(num_classes, dtype=np.float32)[labels]  # (H, W, C)
+        self.logits = torch.from_numpy(onehot).permute(2, 0, 1) * 10.0  # (C, H, W)
+
+    def forward(self, batch):
+        return {"logits": self.logits.expand(batch["image"].shape[0], -1, -1, -1)}
+
+
+def test_lge_seg_scores_the_whole_scar_and_myocardium_hand_computed():
+    """Infarct and MVO swapped inside a right scar: class Dice 0, scar Dice 1; composites not in the mean."""
+    from cmrfm.tasks import TASKS
+
+    task = TASKS.get("lge-seg")(TASKS.get("lge-seg").config_cls(prior_correction=False))
+    ref = np.zeros((8, 8), np.int64)
+    ref[1:7, 1:7] = 2  # myocardium ring ...
+    ref[3:5, 3:5] = 1  # ... around the blood pool
+    ref[1, 1:4] = 3  # infarct: 3 px
+    ref[1, 4:6] = 4  # MVO: 2 px
+    pred = ref.copy()
+    pred[1, 1:4] = 4  # the scar found, its two parts swapped
+    pred[1, 4:6] = 3
+    item = {
+        "image": torch.zeros(1, 8, 8),
+        "mask": torch.from_numpy(ref),
+        "subject": "case",
+        "volume": "case",
+        "slice": 0,
+        "spacing": torch.tensor([1.0, 1.0, 1.0]),
+    }
+    result = task.evaluate(_FixedLogits(pred, 5), [item], batch_size=1)
+    m = result.metrics
+    assert m["dice_infarct"] == pytest.approx(0.0) and m["dice_MVO"] == pytest.approx(0.0)
+    assert m["dice_scar"] == pytest.approx(1.0) and m["dice_myocardium_all"] == pytest.approx(1.0)
+    assert m["dice_mean"] == pytest.approx((1 + 1 + 0 + 0) / 4)  # LV, MYO, infarct, MVO only

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -134,6 +134,8 @@ class SegmentationTask(WeightedClassesMixin, Task):
     """
 
     config_cls = SegmentationConfig
+    #: Unions of classes also scored as one structure: name -> class indices (``info.classes`` order).
+    composites: ClassVar[dict[str, tuple[int, ...]]] = {}
 
     def build_head(self, embed_dim: int, num_levels: int, patch_size: int, linear: bool = False) -> nn.Module:
         """UNETR-like decoder (or the linear probe) with one output channel per class."""
@@ -204,6 +206,8 @@ class SegmentationTask(WeightedClassesMixin, Task):
     def evaluate(self, model: TaskModel, dataset: Dataset, batch_size: int = 16) -> EvalResult:
         """Per rebuilt volume: Dice/HD95/ASSD, mL predicted/reference per structure, heart entropy.
 
+        Structures are the classes and the task's :attr:`composites` (scored, not in ``dice_mean``).
+
         Means over volumes, with bootstrap CIs over subjects for the primary metric.
         """
         rows = self.predict_masks(model, dataset, batch_size)
@@ -220,6 +224,14 @@ class SegmentationTask(WeightedClassesMixin, Task):
             # items are (H, W) = (rows, columns): row spacing is y, column spacing is x
             scores = metrics.segmentation_scores(pred, ref, structures, (sy, sx, sz))
             scores["dice_mean"] = float(np.mean([scores[f"dice_{n}"] for n in structures.values()]))
+            for name, members in self.composites.items():
+                union = metrics.segmentation_scores(
+                    np.isin(pred, members).astype(np.uint8),
+                    np.isin(ref, members).astype(np.uint8),
+                    {1: name},
+                    (sy, sx, sz),
+                )
+                scores.update(union)
             voxel_ml = sx * sy * sz / 1000.0
             for index, name in structures.items():
                 scores[f"ml_pred_{name}"] = float(np.count_nonzero(pred == index)) * voxel_ml

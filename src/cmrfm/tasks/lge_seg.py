@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -70,6 +70,9 @@ class LgeSeg(SegmentationTask):
         classes=tuple(LABEL_NAMES[i] for i in LGE_LABELS),
     )
     config_cls = LgeSegConfig
+    #: EMIDEC's and MYOSAIQ's structures: the whole myocardium (healthy, infarct, MVO) and the
+    #: whole scar (infarct including its MVO core, as infarct size is reported clinically).
+    composites: ClassVar[dict[str, tuple[int, ...]]] = {"myocardium_all": (2, 3, 4), "scar": (3, 4)}
 
     def _dataset(self, items: Sequence[dict[str, Any]], train: bool) -> ItemDataset:
         """Items and paired augmentation; training items get scar oversampling and LesionMix if set."""
