@@ -64,8 +64,10 @@ from cmrfm.data.adapters import ADAPTERS
 from cmrfm.data.preprocess import (
     PreparedSeries,
     PreprocessConfig,
+    PreprocessRecord,
     heart_centre_of_masks,
     invert_mask,
+    invert_probs,
     preprocess_series,
     recentre,
 )
@@ -565,6 +567,20 @@ def centre_on_prediction(
     return centre
 
 
+def source_labels(probs: np.ndarray, label_ids: np.ndarray, record: PreprocessRecord) -> np.ndarray:
+    """One frame's model-grid probabilities ``(Z, C, H, W)`` -> cleaned series-grid labels ``(X, Y, Z)``.
+
+    The probabilities are interpolated linearly onto the series' pixels before the arg-max, so a
+    boundary falls where the classes cross between model pixels instead of on the model grid's
+    pixel edges; outside the crop every class scores 0 and the arg-max is the background class.
+    Post-processing runs again on the series' grid. On ACDC fold 0 (20 held-out patients, 0.7-1.9
+    mm pixels) this raised the analysis Dice from 0.901 to 0.905 over mapping the model-grid labels
+    back (every structure gained; benchmarks/RESULTS.md).
+    """
+    back = invert_probs(probs.transpose(1, 0, 2, 3), record)  # (C, X, Y, Z)
+    return clean_stack(label_ids[back.argmax(axis=0)])
+
+
 def segment_series(
     series: Series,
     task_id: str,
@@ -589,8 +605,10 @@ def segment_series(
     label_ids = _class_label_ids(loaded.classes)
     raw = label_ids[pred.labels].reshape(t_n, z_n, h, w)  # (T, Z, H, W) internal ids
     grid = np.stack([clean_stack(raw[t].transpose(1, 2, 0)) for t in range(t_n)], axis=-1)  # (H, W, Z, T)
+    # the series-grid labels come from the probabilities (sub-pixel boundaries), not from `grid`
+    probs = pred.probs.reshape(t_n, z_n, -1, h, w)  # (T, Z, C, H, W)
     labels = np.stack(
-        [invert_mask(grid[..., t].transpose(2, 0, 1), prepared.record) for t in range(t_n)], axis=-1
+        [source_labels(probs[t], label_ids, prepared.record) for t in range(t_n)], axis=-1
     )  # (X, Y, Z, T)
     uncertainty = pred.level_variance
     if pred.tta_variance is not None:
