@@ -252,6 +252,20 @@ def test_tta_adds_flip_variance(tiny_weights):
     assert not np.allclose(tta.entropy(), tta.ood_entropy(), atol=1e-3)  # the flips' mean differs
 
 
+def test_lge_segmentation_always_averages_the_flips(tiny_weights):
+    from cmrfm.clinical.bundle import TTA_TASKS, ModelBundle
+
+    assert "lge-seg" in TTA_TASKS and "sax-seg" not in TTA_TASKS
+    images = np.random.default_rng(2).random((2, 32, 32)).astype(np.float32)
+    bundle = ModelBundle.load(tiny_weights, tasks=["lge-seg"], jitter=False)  # tta off for the bundle
+    flipped = bundle.segment("lge-seg", images)
+    assert flipped.tta_variance is not None  # the flips ran anyway
+    forced = ModelBundle.load(tiny_weights, tasks=["lge-seg"], tta=True, jitter=False).segment(
+        "lge-seg", images
+    )
+    np.testing.assert_allclose(flipped.probs, forced.probs, atol=1e-5)
+
+
 def test_views_invert_exactly_and_jitter_is_half_a_patch():
     import torch
 
@@ -263,7 +277,7 @@ def test_views_invert_exactly_and_jitter_is_half_a_patch():
     assert View(shift=4).apply(x)[0, 0, 4, 4] == x[0, 0, 0, 0]
     assert segmentation_views(False, False, 8) == [View()]
     assert segmentation_views(False, True, 8) == [View(), View(shift=4)]
-    assert [v.flip for v in segmentation_views(True, True, 16)] == [(), (-1,), (-2,), ()]
+    assert [v.flip for v in segmentation_views(True, True, 16)] == [(), (-1,), (-2,), (-2, -1), ()]
     assert segmentation_views(True, True, 16)[-1].shift == 8
 
 

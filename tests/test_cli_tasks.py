@@ -28,6 +28,9 @@ def test_finetune_then_evaluate_then_fewshot(tmp_path, capsys):
     # evaluating weights of another task is a clear error
     assert main(["evaluate", "--task", "sax-seg", "--weights", str(weights)]) == 2
     assert "holds a 'landmarks' model" in capsys.readouterr().err
+    # test-time flips are for segmentation; landmarks say so instead of ignoring the flag
+    assert main(["evaluate", "--task", "landmarks", "--weights", str(weights), "--tta"]) == 2
+    assert "--tta applies to segmentation tasks" in capsys.readouterr().err
     sweep = tmp_path / "sweep"
     fs = ["fewshot", "--task", "sax-seg", "--k", "1,all", "--seeds", "1", "--out", str(sweep)]
     assert main([*fs, "synthetic=true", "steps=1", "batch_size=2", "folds=2", *TINY]) == 0

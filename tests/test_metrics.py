@@ -112,3 +112,26 @@ def test_lge_seg_scores_the_whole_scar_and_myocardium_hand_computed():
     assert m["dice_infarct"] == pytest.approx(0.0) and m["dice_MVO"] == pytest.approx(0.0)
     assert m["dice_scar"] == pytest.approx(1.0) and m["dice_myocardium_all"] == pytest.approx(1.0)
     assert m["dice_mean"] == pytest.approx((1 + 1 + 0 + 0) / 4)  # LV, MYO, infarct, MVO only
+
+
+def test_segmentation_test_time_flips_average_the_flipped_views_hand_computed():
+    """A model that ignores its input and always draws the top-left quadrant: each of the four flipped
+    views, mapped back, puts it in another quadrant, so the mean is 1/4 per quadrant (background wins)."""
+    from cmrfm.tasks import TASKS
+
+    config_cls = TASKS.get("sax-seg").config_cls
+    ref = np.zeros((8, 8), np.int64)
+    ref[:4, :4] = 1
+    item = {
+        "image": torch.zeros(1, 8, 8),
+        "mask": torch.from_numpy(ref),
+        "subject": "s",
+        "volume": "s",
+        "slice": 0,
+        "spacing": torch.tensor([1.0, 1.0, 1.0]),
+    }
+    model = _FixedLogits(ref, 4)
+    plain = TASKS.get("sax-seg")(config_cls()).evaluate(model, [item], batch_size=1)
+    flipped = TASKS.get("sax-seg")(config_cls(test_time_flips=True)).evaluate(model, [item], batch_size=1)
+    assert plain.metrics["ml_pred_LV"] == pytest.approx(16 / 1000)
+    assert flipped.metrics["ml_pred_LV"] == 0.0  # 0.25 < 0.75 background everywhere

