@@ -20,12 +20,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-import torch
 from results import update_section
 
 from cmrfm import metrics
 from cmrfm.engine.finetune import FinetuneConfig, build_task, split_subjects
-from cmrfm.tasks.disease_cls import GROUPS, read_feature_table
+from cmrfm.tasks.disease_cls import GROUPS, fit_logistic, read_feature_table
 
 
 def label_features() -> tuple[dict[str, np.ndarray], object]:
@@ -48,24 +47,9 @@ def nearest_centroid(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarra
 def logistic_regression(
     x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, l2: float = 1e-2
 ) -> np.ndarray:
-    """Multinomial logistic regression (L2) fitted by full-batch L-BFGS; predicted classes."""
-    torch.manual_seed(0)
-    x = torch.as_tensor(x_train, dtype=torch.float64)
-    y = torch.as_tensor(y_train)
-    weight = torch.zeros(x.shape[1], len(GROUPS), dtype=torch.float64, requires_grad=True)
-    bias = torch.zeros(len(GROUPS), dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([weight, bias], max_iter=500, line_search_fn="strong_wolfe")
-
-    def closure():
-        optimizer.zero_grad()
-        loss = torch.nn.functional.cross_entropy(x @ weight + bias, y) + l2 * (weight**2).sum()
-        loss.backward()
-        return loss
-
-    optimizer.step(closure)
-    with torch.no_grad():
-        logits = torch.as_tensor(x_test, dtype=torch.float64) @ weight + bias
-    return logits.argmax(dim=1).numpy()
+    """Multinomial logistic regression (L2, full-batch L-BFGS: ``disease-cls solver=lbfgs``); classes."""
+    weight, bias = fit_logistic(x_train, y_train, len(GROUPS), l2)
+    return (np.asarray(x_test, np.float64) @ weight + bias).argmax(axis=1)
 
 
 HEADING = "Disease classification from shape/function features (benchmarks/disease_features_cv.py)"

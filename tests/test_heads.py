@@ -57,3 +57,19 @@ def test_classification_and_attention_pool_mask():
     x2 = x.clone()
     x2[0, 2:] = 1e3
     assert torch.allclose(pool(x2, mask)[0][0], pooled[0])
+
+
+def test_study_classifier_on_features_alone_can_be_logistic_regression():
+    from cmrfm.tasks.kinds import StudyClassifier
+
+    features = torch.randn(6, 12)
+    mask = torch.ones(6, 1, dtype=torch.bool)
+    mlp = StudyClassifier(0, 5, num_features=12)
+    logistic = StudyClassifier(0, 5, num_features=12, feature_hidden=0)
+    assert mlp.fc.in_features == 64 and logistic.fc.in_features == 12
+    linear_layers = [m for m in logistic.modules() if isinstance(m, torch.nn.Linear)]
+    assert linear_layers == [logistic.fc]  # normalisation, then one linear map: logistic regression
+    logits, weights = logistic.eval()(None, mask, features)
+    assert logits.shape == (6, 5) and torch.allclose(weights, torch.ones(6, 1))
+    with pytest.raises(ValueError, match="needs image embeddings, features or both"):
+        StudyClassifier(0, 5, num_features=0)

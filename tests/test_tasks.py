@@ -251,3 +251,48 @@ def test_disease_from_features_only_skips_the_backbone(tmp_path):
         assert torch.equal(model(batch)["logits"], before)
     with pytest.raises(CmrfmError, match="needs features"):
         assert build_task("disease-cls", {"images": False, "features": "none"}).uses_images
+
+
+def test_disease_logistic_head_fitted_exactly_by_lbfgs(tmp_path):
+    """``solver=lbfgs``: no gradient steps; the exported head computes the fitted logistic regression."""
+    import numpy as np
+
+    from cmrfm.tasks.disease_cls import GROUPS, fit_logistic
+
+    options = {"images": False, "feature_hidden": 0, "solver": "lbfgs", "l2": 0.05}
+    cfg = FinetuneConfig(
+        task="disease-cls",
+        synthetic=True,
+        image_size=32,
+        backbone=TINY,
+        steps=50,
+        batch_size=4,
+        folds=2,
+        fold=0,
+        out=str(tmp_path / "run"),
+        amp="off",
+        task_options=options,
+    )
+    result = finetune(cfg, progress=False)
+    model, card = load_task_model(result.weights)
+    assert card["steps"] == 0 and "exact fit" in card["solver"]
+    assert not (tmp_path / "run" / "train_log.csv").exists()
+    data = model.task.synthetic_data()
+    train = data.make_dataset(result.train_subjects, True)
+    x = np.stack([np.asarray(train[i]["features"], np.float64) for i in range(len(train))])
+    y = np.array([int(train[i]["label"]) for i in range(len(train))])
+    weight, bias = fit_logistic((x - x.mean(0)) / np.sqrt(x.var(0) + 1e-5), y, len(GROUPS), 0.05)
+    test_items = [train[i] for i in range(len(train))]
+    with torch.no_grad():
+        logits = model(model.task.collate(test_items))["logits"].double().numpy()
+    expected = (x - x.mean(0)) / np.sqrt(x.var(0) + 1e-5) @ weight + bias
+    np.testing.assert_allclose(logits, expected, atol=2e-2 * max(1.0, np.abs(expected).max()))  # fp16 export
+    with pytest.raises(CmrfmError, match="solver=lbfgs fits logistic regression"):
+        bad = FinetuneConfig(
+            **{
+                **cfg.__dict__,
+                "out": str(tmp_path / "bad"),
+                "task_options": {"images": False, "solver": "lbfgs"},
+            }
+        )
+        finetune(bad, progress=False)

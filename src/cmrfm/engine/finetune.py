@@ -494,7 +494,9 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> RunResult:
     out.mkdir(parents=True, exist_ok=True)
     save_yaml(cfg, out / "config.yaml")
     model, init_card = build_model(task, cfg)
-    steps = train_steps(model, data.make_dataset(train_ids, True), cfg, out, progress=progress)
+    train_set = data.make_dataset(train_ids, True)
+    exact = task.fit_exactly(model, train_set)
+    steps = 0 if exact else train_steps(model, train_set, cfg, out, progress=progress)
     result = None
     if eval_ids:
         result = task.evaluate(model, data.make_dataset(eval_ids, False), batch_size=cfg.batch_size)
@@ -513,6 +515,7 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> RunResult:
         "train_subjects": len(train_ids),
         "eval_subjects": len(eval_ids),
         "steps": steps,
+        **({"solver": "exact fit of the head (no gradient steps)"} if exact else {}),
         "seed": cfg.seed,
         "fold": cfg.fold,
         "metrics": None if result is None else result.metrics,

