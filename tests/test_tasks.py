@@ -276,6 +276,10 @@ def test_disease_logistic_head_fitted_exactly_by_lbfgs(tmp_path):
     result = finetune(cfg, progress=False)
     model, card = load_task_model(result.weights)
     assert card["steps"] == 0 and "exact fit" in card["solver"]
+    from cmrfm.clinical.bundle import ModelBundle
+
+    loaded = ModelBundle.from_files({"disease-cls": result.weights}).models["disease-cls"]
+    assert loaded.trained and loaded.version()["trained"]  # fitted without steps is not "random weights"
     assert not (tmp_path / "run" / "train_log.csv").exists()
     data = model.task.synthetic_data()
     train = data.make_dataset(result.train_subjects, True)

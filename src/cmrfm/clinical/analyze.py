@@ -924,7 +924,7 @@ def analyze(study: Study, bundle: ModelBundle, options: AnalyzeOptions | None = 
     warnings: list[str] = []
     for task_id, reason in bundle.errors.items():
         warnings.append(f"weights for {task_id} unusable: {reason}")
-    untrained = sorted(t for t, loaded in bundle.models.items() if not loaded.card.get("steps"))
+    untrained = sorted(t for t, loaded in bundle.models.items() if not loaded.trained)
     if untrained:
         warnings.append(
             f"untrained (random) weights for {', '.join(untrained)}: their outputs are meaningless"

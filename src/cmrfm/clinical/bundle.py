@@ -119,6 +119,11 @@ class LoadedTask:
     classes: tuple[str, ...]
     preprocess: PreprocessConfig
 
+    @property
+    def trained(self) -> bool:
+        """Whether the weights were fitted: gradient steps, or an exact fit of the head (``solver``)."""
+        return bool(self.card.get("steps")) or bool(self.card.get("solver"))
+
     def version(self) -> dict[str, Any]:
         """What ``measurements.json`` records about these weights."""
         card = self.card
@@ -130,7 +135,7 @@ class LoadedTask:
             "data": card.get("data"),
             "steps": card.get("steps"),
             "fold": card.get("fold"),
-            "trained": bool(card.get("steps")),
+            "trained": self.trained,
         }
 
 
