@@ -253,9 +253,10 @@ def test_tta_adds_flip_variance(tiny_weights):
 
 
 def test_lge_segmentation_always_averages_the_flips(tiny_weights):
-    from cmrfm.clinical.bundle import TTA_TASKS, ModelBundle
+    from cmrfm.clinical.bundle import ModelBundle
+    from cmrfm.tasks import TASKS
 
-    assert "lge-seg" in TTA_TASKS and "sax-seg" not in TTA_TASKS
+    assert TASKS.get("lge-seg").analysis_flips and not TASKS.get("sax-seg").analysis_flips
     images = np.random.default_rng(2).random((2, 32, 32)).astype(np.float32)
     bundle = ModelBundle.load(tiny_weights, tasks=["lge-seg"], jitter=False)  # tta off for the bundle
     flipped = bundle.segment("lge-seg", images)

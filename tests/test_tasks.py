@@ -1,5 +1,6 @@
 """Every registered task builds, trains a few steps and evaluates on its tiny synthetic data."""
 
+import dataclasses
 import math
 
 import pytest
@@ -292,11 +293,6 @@ def test_disease_logistic_head_fitted_exactly_by_lbfgs(tmp_path):
     expected = (x - x.mean(0)) / np.sqrt(x.var(0) + 1e-5) @ weight + bias
     np.testing.assert_allclose(logits, expected, atol=2e-2 * max(1.0, np.abs(expected).max()))  # fp16 export
     with pytest.raises(CmrfmError, match="solver=lbfgs fits logistic regression"):
-        bad = FinetuneConfig(
-            **{
-                **cfg.__dict__,
-                "out": str(tmp_path / "bad"),
-                "task_options": {"images": False, "solver": "lbfgs"},
-            }
-        )
+        options = {"images": False, "solver": "lbfgs"}  # the MLP head (feature_hidden=64) is no logistic fit
+        bad = dataclasses.replace(cfg, out=str(tmp_path / "bad"), task_options=options)
         finetune(bad, progress=False)

@@ -28,6 +28,7 @@ from cmrfm.errors import CmrfmError, InputError
 from cmrfm.metrics import normalised_entropy
 from cmrfm.models.heads import per_level_uncertainty
 from cmrfm.tasks.kinds import TTA_FLIPS
+from cmrfm.tasks.kinds import TestTimeView as View
 
 #: Every task an analysis may use, in the order they run.
 ANALYSIS_TASKS: tuple[str, ...] = (
@@ -48,30 +49,8 @@ WEIGHTS_ENV = "CMRFM_WEIGHTS"
 DEFAULT_BATCH_SIZE = 32
 #: Largest side at which the decoder-level variance is computed (then upsampled).
 UNCERTAINTY_SIZE = 64
-#: Segmentation tasks whose analysis always averages the test-time flips: LGE stacks are a few
-#: slices (cheap), and on EMIDEC fold 0 the flips raised the infarct Dice of infarct cases from
-#: 0.503 to 0.535 (0.541 with the jitter pass too), where a shifted pass alone gave 0.506.
-TTA_TASKS: frozenset[str] = frozenset({"lge-seg"})
 #: Patch size assumed for the jitter pass of a model whose card names none (CNN baselines).
 DEFAULT_JITTER_PATCH = 8
-
-
-@dataclass(frozen=True)
-class View:
-    """One test-time view of a slice batch: flipped along ``flip`` axes, then rolled by ``shift`` px."""
-
-    flip: tuple[int, ...] = ()
-    shift: int = 0
-
-    def apply(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, C, H, W)`` -> the view."""
-        x = torch.flip(x, self.flip) if self.flip else x
-        return torch.roll(x, (self.shift, self.shift), (-2, -1)) if self.shift else x
-
-    def invert(self, x: torch.Tensor) -> torch.Tensor:
-        """A map computed on the view -> the original pixel grid."""
-        x = torch.roll(x, (-self.shift, -self.shift), (-2, -1)) if self.shift else x
-        return torch.flip(x, self.flip) if self.flip else x
 
 
 def segmentation_views(tta: bool, jitter: bool, patch: int) -> list[View]:
@@ -185,7 +164,7 @@ class ModelBundle:
         errors: Task id -> why its weights file could not be used.
         amp: ``auto``, ``bf16`` or ``off`` (as in fine-tuning).
         tta: Test-time flips for every segmentation (:data:`~cmrfm.tasks.kinds.TTA_FLIPS`: 4 passes
-            instead of 1); tasks in :data:`TTA_TASKS` always use them.
+            instead of 1); tasks whose ``analysis_flips`` is set (``lge-seg``) always use them.
         jitter: One more segmentation pass shifted by half a ViT patch, averaged with the plain one
             (:func:`segmentation_views`).
         batch_size: Slices per forward pass.
@@ -295,7 +274,7 @@ class ModelBundle:
         images_t = torch.as_tensor(np.asarray(images, np.float32))[:, None]  # (N, 1, H, W)
         size = tuple(images_t.shape[-2:])
         patch = (loaded.card.get("architecture") or {}).get("config", {}).get("patch_size")
-        tta = self.tta or task_id in TTA_TASKS
+        tta = self.tta or getattr(model.task, "analysis_flips", False)
         views = segmentation_views(tta, self.jitter, int(patch or DEFAULT_JITTER_PATCH))
         probs, level_var, tta_var, plain_entropy = [], [], [], []
         for part in self._chunks(len(images_t)):

@@ -171,8 +171,9 @@ class DiseaseCls(ClassificationTask):
         head = getattr(model, "head", None)
         if not isinstance(head, StudyClassifier) or head.pool is not None:
             raise ConfigError("task_options.solver=lbfgs needs the ViT model's features-only study head")
-        x = np.stack([np.asarray(dataset[i]["features"], np.float64) for i in range(len(dataset))])
-        y = np.array([int(dataset[i]["label"]) for i in range(len(dataset))])
+        items = [dataset[i] for i in range(len(dataset))]
+        x = np.stack([np.asarray(item["features"], np.float64) for item in items])  # (N, F)
+        y = np.array([int(item["label"]) for item in items])
         norm: nn.BatchNorm1d = head.features[0]
         mean, var = x.mean(axis=0), x.var(axis=0)
         standardised = (x - mean) / np.sqrt(var + norm.eps)  # exactly what the head's norm does

@@ -119,6 +119,26 @@ class SegmentationConfig(ClassWeighting):
 TTA_FLIPS: tuple[tuple[int, ...], ...] = ((), (-1,), (-2,), (-2, -1))
 
 
+@dataclass(frozen=True)
+class TestTimeView:
+    """One test-time view of a slice batch: flipped along ``flip`` axes, then rolled by ``shift`` px."""
+
+    __test__ = False  # not a pytest test class
+
+    flip: tuple[int, ...] = ()
+    shift: int = 0
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W)`` -> the view."""
+        x = torch.flip(x, self.flip) if self.flip else x
+        return torch.roll(x, (self.shift, self.shift), (-2, -1)) if self.shift else x
+
+    def invert(self, x: torch.Tensor) -> torch.Tensor:
+        """A map computed on the view -> the original pixel grid."""
+        x = torch.roll(x, (-self.shift, -self.shift), (-2, -1)) if self.shift else x
+        return torch.flip(x, self.flip) if self.flip else x
+
+
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """1 − mean soft Dice over foreground classes; ``logits`` ``(B, C, H, W)``, ``target`` ``(B, H, W)``."""
     probs = torch.softmax(logits.float(), dim=1)
@@ -145,6 +165,9 @@ class SegmentationTask(WeightedClassesMixin, Task):
     config_cls = SegmentationConfig
     #: Unions of classes also scored as one structure: name -> class indices (``info.classes`` order).
     composites: ClassVar[dict[str, tuple[int, ...]]] = {}
+    #: Study analysis always averages the test-time flips of this task's segmentation (``--tta``
+    #: turns them on for every task).
+    analysis_flips: ClassVar[bool] = False
 
     def build_head(self, embed_dim: int, num_levels: int, patch_size: int, linear: bool = False) -> nn.Module:
         """UNETR-like decoder (or the linear probe) with one output channel per class."""
@@ -195,14 +218,13 @@ class SegmentationTask(WeightedClassesMixin, Task):
         rows = []
         loader = DataLoader(dataset, batch_size=batch_size, collate_fn=self.collate)
         flips = TTA_FLIPS if self.config.test_time_flips else TTA_FLIPS[:1]
+        views = [TestTimeView(flip=dims) for dims in flips]
         for batch in loader:
-            image = batch["image"]
             probs = 0.0
-            for dims in flips:
-                view = {**batch, "image": torch.flip(image, dims) if dims else image}
-                p = torch.softmax(model(view)["logits"].float(), dim=1)  # (B, C, H, W)
-                probs = probs + (torch.flip(p, dims) if dims else p)
-            probs = (probs / len(flips)).cpu().numpy()  # (B, C, H, W)
+            for view in views:
+                logits = model({**batch, "image": view.apply(batch["image"])})["logits"]
+                probs = probs + view.invert(torch.softmax(logits.float(), dim=1))  # (B, C, H, W)
+            probs = (probs / len(views)).cpu().numpy()  # (B, C, H, W)
             pred = probs.argmax(axis=1).astype(np.uint8)
             entropy = metrics.normalised_entropy(probs, axis=1).astype(np.float16)  # (B, H, W)
             for i in range(pred.shape[0]):
