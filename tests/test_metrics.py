@@ -135,3 +135,28 @@ def test_segmentation_test_time_flips_average_the_flipped_views_hand_computed():
     flipped = TASKS.get("sax-seg")(config_cls(test_time_flips=True)).evaluate(model, [item], batch_size=1)
     assert plain.metrics["ml_pred_LV"] == pytest.approx(16 / 1000)
     assert flipped.metrics["ml_pred_LV"] == 0.0  # 0.25 < 0.75 background everywhere
+
+
+def test_predict_masks_keeps_the_probabilities_the_prediction_is_the_argmax_of():
+    """``keep_probs``: (C, H, W) float16 per slice; four flipped views of a quadrant average to 1/4 there."""
+    from cmrfm.tasks import TASKS
+
+    config_cls = TASKS.get("sax-seg").config_cls
+    ref = np.zeros((8, 8), np.int64)
+    ref[:4, :4] = 1
+    item = {
+        "image": torch.zeros(1, 8, 8),
+        "mask": torch.from_numpy(ref),
+        "subject": "s",
+        "volume": "s",
+        "slice": 0,
+        "spacing": torch.tensor([1.0, 1.0, 1.0]),
+    }
+    task = TASKS.get("sax-seg")(config_cls(test_time_flips=True))
+    (row,) = task.predict_masks(_FixedLogits(ref, 4), [item], batch_size=1, keep_probs=True)
+    probs = row["probs"]
+    assert probs.shape == (4, 8, 8) and probs.dtype == np.float16
+    assert np.array_equal(probs.argmax(axis=0), row["pred"])
+    assert float(probs[1, 0, 0]) == pytest.approx(0.25, abs=1e-3)  # LV in one of the four views
+    assert float(probs[0, 0, 0]) == pytest.approx(0.75, abs=1e-3)
+    assert "probs" not in task.predict_masks(_FixedLogits(ref, 4), [item], batch_size=1)[0]

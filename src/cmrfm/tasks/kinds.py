@@ -212,8 +212,14 @@ class SegmentationTask(WeightedClassesMixin, Task):
         return cfg.ce_weight * ce + cfg.dice_weight * soft_dice_loss(logits, target)
 
     @torch.no_grad()
-    def predict_masks(self, model: TaskModel, dataset: Dataset, batch_size: int = 16) -> list[dict[str, Any]]:
-        """Per item: ``subject``, ``volume``, ``slice``, ``pred``, ``ref``, ``spacing``, ``entropy``."""
+    def predict_masks(
+        self, model: TaskModel, dataset: Dataset, batch_size: int = 16, keep_probs: bool = False
+    ) -> list[dict[str, Any]]:
+        """Per item: ``subject``, ``volume``, ``slice``, ``pred``, ``ref``, ``spacing``, ``entropy``.
+
+        With ``keep_probs`` each row also holds ``probs``, the ``(C, H, W)`` float16 class
+        probabilities the prediction is the arg-max of (for post-processing studies).
+        """
         model.eval()
         rows = []
         loader = DataLoader(dataset, batch_size=batch_size, collate_fn=self.collate)
@@ -239,6 +245,8 @@ class SegmentationTask(WeightedClassesMixin, Task):
                         "entropy": entropy[i],
                     }
                 )
+                if keep_probs:
+                    rows[-1]["probs"] = probs[i].astype(np.float16)
         return rows
 
     def evaluate(self, model: TaskModel, dataset: Dataset, batch_size: int = 16) -> EvalResult:
