@@ -99,6 +99,15 @@ def section(rows: list[dict[str, str]], sweep: Path, plot_name: str, extra: tupl
     return "\n".join(lines)
 
 
+def section_names(task: str, variant: str = "") -> tuple[str, str]:
+    """RESULTS.md section title and plot file name of a sweep (a named variant gets its own)."""
+    variant = variant.strip()
+    if not variant:
+        return f"Few-shot label efficiency: {task} (`cmrfm fewshot`)", f"fewshot_{task}.png"
+    slug = "".join(c if c.isalnum() else "-" for c in variant.lower())
+    return f"Few-shot label efficiency: {task}, {variant} (`cmrfm fewshot`)", f"fewshot_{task}_{slug}.png"
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -108,12 +117,17 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument(
         "--also", default="", help="further metrics to tabulate, comma-separated (e.g. accuracy)"
     )
+    parser.add_argument(
+        "--variant",
+        default="",
+        help="name of a second sweep of the same task (e.g. '1000 steps'): its own section and plot",
+    )
     args = parser.parse_args(argv)
     rows = read_rows(args.sweep / "fewshot.csv")
     if not rows:
         raise SystemExit(f"{args.sweep / 'fewshot.csv'}: no finished runs")
     task = rows[0]["task"]
-    plot_name = f"fewshot_{task}.png"
+    title, plot_name = section_names(task, args.variant)
     extra = tuple(m.strip() for m in args.also.split(",") if m.strip())
     body = section(rows, args.sweep, plot_name, extra)
     print(body)
@@ -121,7 +135,7 @@ def main(argv: list[str] | None = None) -> str:
         IMAGES.mkdir(exist_ok=True)
         numeric = [{**r, "value": float(r["value"])} for r in rows]
         plot_curves(numeric, IMAGES / plot_name, rows[0]["metric"], task)  # also for a partial sweep
-        update_section(f"Few-shot label efficiency: {task} (`cmrfm fewshot`)", body)
+        update_section(title, body)
     return body
 
 

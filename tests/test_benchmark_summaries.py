@@ -54,6 +54,35 @@ def test_fewshot_summary_pairs_seeds_and_tolerates_a_partial_sweep():
     assert "`accuracy`" in body and "| scratch | 0.750 ± 0.000 (n=2) |" in body
     with pytest.raises(SystemExit, match="no metric 'kappa'"):
         script.section(rows, Path("sweep"), "p.png", ("kappa",))
+    # a second sweep of the same task (another budget) keeps the first one's section and plot
+    assert script.section_names("sax-seg") == (
+        "Few-shot label efficiency: sax-seg (`cmrfm fewshot`)",
+        "fewshot_sax-seg.png",
+    )
+    assert script.section_names("sax-seg", "1000 steps") == (
+        "Few-shot label efficiency: sax-seg, 1000 steps (`cmrfm fewshot`)",
+        "fewshot_sax-seg_1000-steps.png",
+    )
+
+
+def test_lge_postprocess_filters_islands_and_shifts_the_infarct_class():
+    import numpy as np
+
+    bench = _script("lge_postprocess_cv")
+    probs = np.zeros((1, 5, 8, 8), np.float32)  # (Z, C, H, W): background everywhere ...
+    probs[0, 0] = 1.0
+    probs[0, :, 3:5, 3:5] = np.eye(5)[1][:, None, None]  # ... an LV blood pool
+    probs[0, :, 2, 3] = np.eye(5)[3]  # scar touching it (subendocardial)
+    probs[0, :, 7, 7] = np.eye(5)[3]  # a scar island in the corner
+    probs[0, :, 0, 0] = [0.5, 0, 0, 0.3, 0.2]  # background wins unless infarct is boosted
+    plain = bench.post_process(probs, 0.0, 0)[0]
+    assert plain[2, 3] == plain[7, 7] == 3 and plain[0, 0] == 0
+    assert bench.post_process(probs, 1.0, 0)[0][0, 0] == 3  # log 0.3 + 1 > log 0.5
+    subendo = bench.post_process(probs, 0.0, 0, subendocardial=True)[0]
+    assert subendo[2, 3] == 3 and subendo[7, 7] == 2  # the island becomes myocardium
+    sized = bench.post_process(probs, 0.0, 2)[0]
+    assert sized[2, 3] == 2 and sized[7, 7] == 2  # both 1-pixel components removed
+    assert bench.dice(plain == 3, plain == 3) == 1.0 and bench.dice(plain == 4, plain == 4) == 1.0
 
 
 def test_feature_classifiers_separate_separable_groups():
