@@ -114,12 +114,8 @@ def test_lge_seg_scores_the_whole_scar_and_myocardium_hand_computed():
     assert m["dice_mean"] == pytest.approx((1 + 1 + 0 + 0) / 4)  # LV, MYO, infarct, MVO only
 
 
-def test_segmentation_test_time_flips_average_the_flipped_views_hand_computed():
-    """A model that ignores its input and always draws the top-left quadrant: each of the four flipped
-    views, mapped back, puts it in another quadrant, so the mean is 1/4 per quadrant (background wins)."""
-    from cmrfm.tasks import TASKS
-
-    config_cls = TASKS.get("sax-seg").config_cls
+def _quadrant_item() -> tuple[np.ndarray, dict]:
+    """An 8x8 slice whose reference is LV in the top-left quadrant (a blank image)."""
     ref = np.zeros((8, 8), np.int64)
     ref[:4, :4] = 1
     item = {
@@ -130,6 +126,16 @@ def test_segmentation_test_time_flips_average_the_flipped_views_hand_computed():
         "slice": 0,
         "spacing": torch.tensor([1.0, 1.0, 1.0]),
     }
+    return ref, item
+
+
+def test_segmentation_test_time_flips_average_the_flipped_views_hand_computed():
+    """A model that ignores its input and always draws the top-left quadrant: each of the four flipped
+    views, mapped back, puts it in another quadrant, so the mean is 1/4 per quadrant (background wins)."""
+    from cmrfm.tasks import TASKS
+
+    config_cls = TASKS.get("sax-seg").config_cls
+    ref, item = _quadrant_item()
     model = _FixedLogits(ref, 4)
     plain = TASKS.get("sax-seg")(config_cls()).evaluate(model, [item], batch_size=1)
     flipped = TASKS.get("sax-seg")(config_cls(test_time_flips=True)).evaluate(model, [item], batch_size=1)
@@ -142,16 +148,7 @@ def test_predict_masks_keeps_the_probabilities_the_prediction_is_the_argmax_of()
     from cmrfm.tasks import TASKS
 
     config_cls = TASKS.get("sax-seg").config_cls
-    ref = np.zeros((8, 8), np.int64)
-    ref[:4, :4] = 1
-    item = {
-        "image": torch.zeros(1, 8, 8),
-        "mask": torch.from_numpy(ref),
-        "subject": "s",
-        "volume": "s",
-        "slice": 0,
-        "spacing": torch.tensor([1.0, 1.0, 1.0]),
-    }
+    ref, item = _quadrant_item()
     task = TASKS.get("sax-seg")(config_cls(test_time_flips=True))
     (row,) = task.predict_masks(_FixedLogits(ref, 4), [item], batch_size=1, keep_probs=True)
     probs = row["probs"]
