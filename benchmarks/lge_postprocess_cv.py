@@ -32,6 +32,7 @@ import numpy as np
 from results import update_section
 from scipy import ndimage
 
+from cmrfm import metrics
 from cmrfm.constants import Label
 from cmrfm.engine.finetune import FinetuneConfig, load_task_model, split_subjects
 from cmrfm.tasks.lge_seg import LGE_LABELS
@@ -92,18 +93,12 @@ def post_process(probs: np.ndarray, offset: float, min_px: int, subendocardial: 
     return labels
 
 
-def dice(pred: np.ndarray, ref: np.ndarray) -> float:
-    total = pred.sum() + ref.sum()
-    return 1.0 if total == 0 else float(2 * np.logical_and(pred, ref).sum() / total)
-
-
 def score_cases(cases: list[dict], setting: tuple[float, int, bool]) -> dict[str, list]:
-    """Per infarct case: fold, infarct Dice, predicted and manual infarct pixels."""
+    """Per infarct case: infarct Dice, predicted and manual infarct pixels."""
     out: dict[str, list] = defaultdict(list)
     for case in cases:
         labels = post_process(case["probs"], *setting)
-        out["fold"].append(case["fold"])
-        out["dice"].append(dice(labels == INFARCT, case["ref"] == INFARCT))
+        out["dice"].append(metrics.dice(labels, case["ref"], INFARCT))
         out["pred_px"].append(int((labels == INFARCT).sum()))
         out["ref_px"].append(int((case["ref"] == INFARCT).sum()))
     return {k: np.asarray(v) for k, v in out.items()}
