@@ -6,6 +6,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -112,3 +113,21 @@ def test_landmark_benchmark_matches_swapped_points_and_picks_mid_slices():
     assert results.named_paths(["x=a/b.safetensors"], "--seg") == {"x": Path("a/b.safetensors")}
     with pytest.raises(SystemExit, match="expected NAME=FILE"):
         results.named_paths(["nameless"], "--seg", "FILE")
+
+
+def test_shift_robustness_moves_the_image_and_names_the_worst_confusion():
+    module = _script("cls_shift_robustness")
+    image = np.zeros((1, 16, 16), np.float32)
+    image[0, 5, 5] = 1.0
+    right = module.shift_image(image, 3, 0.0)  # angle 0: +x (columns)
+    down = module.shift_image(image, 2, np.pi / 2)  # pi/2: +y (rows)
+    assert right.shape == image.shape and right[0, 5, 8] == pytest.approx(1.0)
+    assert down[0, 7, 5] == pytest.approx(1.0)
+    items = [{"image": image, "label": 0}, {"image": image, "label": 1}]
+    shifted = module.ShiftedItems(items, 4)
+    assert shifted[0]["image"].sum().item() == pytest.approx(1.0)  # moved, not lost
+    assert not np.allclose(np.asarray(shifted[0]["image"]), image)
+    assert module.ShiftedItems(items, 0)[1]["image"] is image  # no shift: the item as prepared
+    confusion = np.array([[8, 2, 0], [5, 5, 0], [0, 0, 10]])
+    assert module.worst_confusion(confusion, ("cine", "lge", "t1map")) == "lge → cine (5 of 10)"
+    assert module.worst_confusion(np.eye(3, dtype=int) * 4, ("a", "b", "c")) == "none"
