@@ -14,6 +14,7 @@ pixels in a random direction (fixed per image), and the accuracy is tabulated pe
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
             lines.append(row + f" | {worst_confusion(scores[-1]['confusion'], classes)} |")
             print(lines[-1], flush=True)
     given = argv if argv is not None else sys.argv[1:]
-    command = "python benchmarks/cls_shift_robustness.py " + " ".join(given)
+    command = "python benchmarks/cls_shift_robustness.py " + shlex.join(given)
     text = "\n".join(
         [
             HEADING,
