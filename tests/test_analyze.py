@@ -267,6 +267,31 @@ def test_lge_segmentation_always_averages_the_flips(tiny_weights):
     np.testing.assert_allclose(flipped.probs, forced.probs, atol=1e-5)
 
 
+def test_heart_zoom_from_the_card_refines_each_volume(tiny_weights, monkeypatch):
+    import cmrfm.clinical.bundle as bundle_module
+    from cmrfm.clinical.bundle import ModelBundle
+
+    images = np.random.default_rng(4).random((4, 32, 32)).astype(np.float32)
+    bundle = ModelBundle.load(tiny_weights, tasks=["lge-seg"], jitter=False)
+    calls = []
+
+    def spy(predict, images_t, probs, groups, fill, heart):
+        calls.append((list(groups), fill, tuple(heart)))
+        second = predict(images_t)  # the bundle's own views on the (here unzoomed) slices
+        assert second.shape == probs.shape
+        return torch.full_like(probs, 0.2)
+
+    monkeypatch.setattr(bundle_module, "refine_with_zoom", spy)
+    plain = bundle.segment("lge-seg", images, groups=[0, 0, 1, 1])
+    assert not calls  # the card sets no heart zoom
+    bundle.models["lge-seg"].model.task.config.heart_zoom = 0.75
+    assert np.allclose(bundle.segment("lge-seg", images).probs, plain.probs, atol=1e-6)  # no groups: one pass
+    zoomed = bundle.segment("lge-seg", images, groups=[0, 0, 1, 1])
+    assert calls == [([0, 0, 1, 1], 0.75, (1, 2, 3, 4))]
+    assert np.allclose(zoomed.probs, 0.2)
+    np.testing.assert_allclose(zoomed.level_variance, plain.level_variance, atol=1e-6)  # first pass's maps
+
+
 def test_views_invert_exactly_and_jitter_is_half_a_patch():
     import torch
 

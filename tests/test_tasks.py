@@ -143,6 +143,29 @@ def test_lge_seg_oversamples_scar_slices_for_training_only():
     assert len(train) == len(plain) + 2 * len(scar)
 
 
+def test_lge_seg_heart_zoom_trains_evaluates_and_travels_in_the_card(tmp_path):
+    cfg = FinetuneConfig(
+        task="lge-seg",
+        synthetic=True,
+        image_size=32,
+        backbone=TINY,
+        steps=2,
+        batch_size=2,
+        folds=2,
+        fold=0,
+        out=str(tmp_path / "run"),
+        amp="off",
+        task_options={"heart_zoom": 0.75, "heart_zoom_prob": 1.0},
+    )
+    result = finetune(cfg, progress=False)
+    assert math.isfinite(result.eval.metrics["dice_mean"])
+    model, _ = load_task_model(result.weights)
+    assert model.task.config.heart_zoom == 0.75  # analysis reads it from the card
+    data = model.task.synthetic_data()
+    train = model.task._dataset(data.make_dataset(data.subjects, False).items, True)
+    assert train.items.prob == 1.0 and train.items.fill == 0.75
+
+
 def test_class_weighted_cross_entropy():
     task = build_task("sax-seg", {"ce_class_weights": [1.0, 1.0, 1.0, 5.0], "dice_weight": 0.0})
     plain = build_task("sax-seg", {"dice_weight": 0.0})

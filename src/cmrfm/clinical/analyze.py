@@ -601,7 +601,8 @@ def segment_series(
     frames = sorted(prepared.images)
     stack = np.stack([prepared.images[t] for t in frames])  # (T, Z, H, W)
     t_n, z_n, h, w = stack.shape
-    pred: SegPrediction = bundle.segment(task_id, stack.reshape(t_n * z_n, h, w))
+    frame_of_slice = np.repeat(np.arange(t_n), z_n)  # (T*Z,) each frame is one volume
+    pred: SegPrediction = bundle.segment(task_id, stack.reshape(t_n * z_n, h, w), groups=frame_of_slice)
     label_ids = _class_label_ids(loaded.classes)
     raw = label_ids[pred.labels].reshape(t_n, z_n, h, w)  # (T, Z, H, W) internal ids
     grid = np.stack([clean_stack(raw[t].transpose(1, 2, 0)) for t in range(t_n)], axis=-1)  # (H, W, Z, T)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from cmrfm.data.preprocess import PreprocessConfig
 from cmrfm.errors import CmrfmError, InputError
 from cmrfm.metrics import normalised_entropy
 from cmrfm.models.heads import per_level_uncertainty
+from cmrfm.tasks.heartzoom import refine_with_zoom
 from cmrfm.tasks.kinds import TTA_FLIPS
 from cmrfm.tasks.kinds import TestTimeView as View
 
@@ -267,8 +268,17 @@ class ModelBundle:
             yield slice(start, min(n, start + self.batch_size))
 
     @torch.no_grad()
-    def segment(self, task_id: str, images: np.ndarray) -> SegPrediction:
-        """Segments ``(N, H, W)`` preprocessed slices with ``task_id``'s model."""
+    def segment(self, task_id: str, images: np.ndarray, groups: Sequence[Any] | None = None) -> SegPrediction:
+        """Segments ``(N, H, W)`` preprocessed slices with ``task_id``'s model.
+
+        Args:
+            task_id: A loaded segmentation task.
+            images: The slices.
+            groups: One key per slice naming its volume (e.g. the frame). Given, and with a model
+                whose card sets ``heart_zoom``, each volume is segmented again on a crop its
+                predicted heart fills (:func:`~cmrfm.tasks.heartzoom.refine_with_zoom`); the
+                uncertainty maps stay those of the first pass.
+        """
         loaded = self.models[task_id]
         model = loaded.model
         images_t = torch.as_tensor(np.asarray(images, np.float32))[:, None]  # (N, 1, H, W)
@@ -278,27 +288,48 @@ class ModelBundle:
         views = segmentation_views(tta, self.jitter, int(patch or DEFAULT_JITTER_PATCH))
         probs, level_var, tta_var, plain_entropy = [], [], [], []
         for part in self._chunks(len(images_t)):
-            batch = images_t[part]
-            outs, variances = [], []
-            for view in views:
-                with self._autocast():
-                    out = model({"image": view.apply(batch)})
-                p = torch.softmax(out["logits"].float(), dim=1)  # (B, C, H, W)
-                v = level_variance(out["stage_logits"], size)
-                outs.append(view.invert(p))
-                variances.append(view.invert(v))
+            outs, variances = self._view_outputs(model, images_t[part], views, size)
             stacked = torch.stack(outs)  # (A, B, C, H, W)
             probs.append(stacked.mean(0).numpy())
             level_var.append(torch.stack(variances).mean(0).numpy())
             if len(views) > 1:
                 tta_var.append(stacked.var(0, unbiased=False).numpy())
                 plain_entropy.append(normalised_entropy(outs[0].numpy(), axis=1))
+        all_probs = np.concatenate(probs)  # (N, C, H, W)
+        fill = float(getattr(model.task.config, "heart_zoom", 0.0) or 0.0)
+        if groups is not None and fill > 0:
+
+            def predict(zoomed: torch.Tensor) -> torch.Tensor:
+                parts = [
+                    torch.stack(self._view_outputs(model, zoomed[part], views, size)[0]).mean(0)
+                    for part in self._chunks(len(zoomed))
+                ]
+                return torch.cat(parts)  # (n, C, H, W)
+
+            heart = getattr(model.task, "heart_classes", None) or tuple(range(1, all_probs.shape[1]))
+            all_probs = refine_with_zoom(
+                predict, images_t, torch.as_tensor(all_probs), list(groups), fill, heart
+            ).numpy()
         return SegPrediction(
-            probs=np.concatenate(probs),
+            probs=all_probs,
             level_variance=np.concatenate(level_var),
             tta_variance=np.concatenate(tta_var) if tta_var else None,
             identity_entropy=np.concatenate(plain_entropy) if plain_entropy else None,
         )
+
+    def _view_outputs(
+        self, model: torch.nn.Module, batch: torch.Tensor, views: list[View], size: tuple[int, ...]
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per view: class probabilities and decoder-level variance ``(B, C, H, W)``, on the batch's grid."""
+        outs, variances = [], []
+        for view in views:
+            with self._autocast():
+                out = model({"image": view.apply(batch)})
+            p = torch.softmax(out["logits"].float(), dim=1)  # (B, C, H, W)
+            v = level_variance(out["stage_logits"], size)
+            outs.append(view.invert(p))
+            variances.append(view.invert(v))
+        return outs, variances
 
     @torch.no_grad()
     def classify(self, task_id: str, images: np.ndarray) -> np.ndarray:

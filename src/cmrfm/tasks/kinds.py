@@ -32,6 +32,7 @@ from cmrfm.models.heads import (
 )
 from cmrfm.models.vit import standardize
 from cmrfm.tasks.base import EvalResult, Task, TaskModel, pad_set_collate
+from cmrfm.tasks.heartzoom import refine_with_zoom
 
 #: Bootstrap resamples for evaluation intervals.
 BOOTSTRAP_RESAMPLES = 1000
@@ -211,6 +212,18 @@ class SegmentationTask(WeightedClassesMixin, Task):
         ce = F.cross_entropy(logits.float(), target, weight=self.class_weight_tensor(logits))
         return cfg.ce_weight * ce + cfg.dice_weight * soft_dice_loss(logits, target)
 
+    #: Class indices whose union is the heart (the box of a heart-zoom pass); all foreground classes.
+    heart_classes: ClassVar[tuple[int, ...] | None] = None
+
+    def _view_probs(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """``(B, 1, H, W)`` -> ``(B, C, H, W)`` class probabilities, averaged over the test-time views."""
+        flips = TTA_FLIPS if self.config.test_time_flips else TTA_FLIPS[:1]
+        probs = 0.0
+        for view in (TestTimeView(flip=dims) for dims in flips):
+            logits = model({"image": view.apply(images)})["logits"]
+            probs = probs + view.invert(torch.softmax(logits.float(), dim=1))  # (B, C, H, W)
+        return probs / len(flips)
+
     @torch.no_grad()
     def predict_masks(
         self, model: TaskModel, dataset: Dataset, batch_size: int = 16, keep_probs: bool = False
@@ -218,35 +231,48 @@ class SegmentationTask(WeightedClassesMixin, Task):
         """Per item: ``subject``, ``volume``, ``slice``, ``pred``, ``ref``, ``spacing``, ``entropy``.
 
         With ``keep_probs`` each row also holds ``probs``, the ``(C, H, W)`` float16 class
-        probabilities the prediction is the arg-max of (for post-processing studies).
+        probabilities the prediction is the arg-max of (for post-processing studies). A config
+        with ``heart_zoom`` > 0 refines each volume by a second pass on its predicted heart
+        (:func:`cmrfm.tasks.heartzoom.refine_with_zoom`).
         """
         model.eval()
-        rows = []
         loader = DataLoader(dataset, batch_size=batch_size, collate_fn=self.collate)
-        flips = TTA_FLIPS if self.config.test_time_flips else TTA_FLIPS[:1]
-        views = [TestTimeView(flip=dims) for dims in flips]
+        fill = float(getattr(self.config, "heart_zoom", 0.0))
+        rows, images, probs = [], [], []
         for batch in loader:
-            probs = 0.0
-            for view in views:
-                logits = model({**batch, "image": view.apply(batch["image"])})["logits"]
-                probs = probs + view.invert(torch.softmax(logits.float(), dim=1))  # (B, C, H, W)
-            probs = (probs / len(views)).cpu().numpy()  # (B, C, H, W)
-            pred = probs.argmax(axis=1).astype(np.uint8)
-            entropy = metrics.normalised_entropy(probs, axis=1).astype(np.float16)  # (B, H, W)
-            for i in range(pred.shape[0]):
+            probs.append(self._view_probs(model, batch["image"]).cpu())
+            if fill > 0:
+                images.append(batch["image"])
+            for i in range(len(batch["image"])):
                 rows.append(
                     {
                         "subject": batch["subject"][i],
                         "volume": batch["volume"][i],
                         "slice": int(batch["slice"][i]),
-                        "pred": pred[i],
                         "ref": batch["mask"][i].numpy().astype(np.uint8),
                         "spacing": batch["spacing"][i].numpy(),
-                        "entropy": entropy[i],
                     }
                 )
-                if keep_probs:
-                    rows[-1]["probs"] = probs[i].astype(np.float16)
+        if not rows:
+            return rows
+        all_probs = torch.cat(probs)  # (N, C, H, W)
+        if fill > 0:
+            heart = self.heart_classes or tuple(range(1, all_probs.shape[1]))
+            all_probs = refine_with_zoom(
+                lambda x: self._view_probs(model, x).cpu(),
+                torch.cat(images),
+                all_probs,
+                [row["volume"] for row in rows],
+                fill,
+                heart,
+            )
+        probs_np = all_probs.numpy()  # (N, C, H, W)
+        pred = probs_np.argmax(axis=1).astype(np.uint8)
+        entropy = metrics.normalised_entropy(probs_np, axis=1).astype(np.float16)  # (N, H, W)
+        for i, row in enumerate(rows):
+            row["pred"], row["entropy"] = pred[i], entropy[i]
+            if keep_probs:
+                row["probs"] = probs_np[i].astype(np.float16)
         return rows
 
     def evaluate(self, model: TaskModel, dataset: Dataset, batch_size: int = 16) -> EvalResult:

@@ -16,6 +16,7 @@ from cmrfm.constants import LABEL_NAMES, Label
 from cmrfm.data.preprocess import PreprocessRecord
 from cmrfm.tasks.augment import AugmentConfig
 from cmrfm.tasks.base import TaskData, TaskInfo, register_task
+from cmrfm.tasks.heartzoom import HeartZoomItems
 from cmrfm.tasks.items import ItemDataset, phantom_slice
 from cmrfm.tasks.kinds import SegmentationConfig, SegmentationTask
 from cmrfm.tasks.lesionmix import LESION, LesionMixConfig, LesionMixItems
@@ -41,6 +42,11 @@ class LgeSegConfig(SegmentationConfig):
         lesion_oversample: How often a training slice holding infarct or MVO appears per epoch
             (1 = as often as any slice). Scar covers only a few % of the pixels of the slices
             that hold it; repeating those slices gives the scar classes more gradient.
+        heart_zoom: Heart zoom (:mod:`cmrfm.tasks.heartzoom`): the fraction of a second-pass crop
+            the heart fills (0 = off). Training zooms ``heart_zoom_prob`` of the slices on their
+            volume's manual heart; evaluation (and analysis, from the model card) refines each
+            stack by a second pass on its predicted heart.
+        heart_zoom_prob: Fraction of training slices zoomed (the rest train the first pass).
     """
 
     root: str = ""
@@ -49,6 +55,8 @@ class LgeSegConfig(SegmentationConfig):
     lesionmix: float = 0.0
     lesionmix_options: LesionMixConfig = field(default_factory=LesionMixConfig)
     lesion_oversample: int = 1
+    heart_zoom: float = 0.0
+    heart_zoom_prob: float = 0.75
 
 
 def lge_item(item: dict[str, Any], record: PreprocessRecord) -> dict[str, Any]:
@@ -84,6 +92,8 @@ class LgeSeg(SegmentationTask):
             items = OversampledItems(items, scar, self.config.lesion_oversample)
         if train and self.config.lesionmix > 0:
             items = LesionMixItems(items, self.config.lesionmix, self.config.lesionmix_options)
+        if train and self.config.heart_zoom > 0:
+            items = HeartZoomItems(items, self.config.heart_zoom_prob, self.config.heart_zoom, (1, 2, 3, 4))
         return ItemDataset(items, train, self.config.augment)
 
     def load_data(self) -> TaskData:
