@@ -27,6 +27,7 @@ from cmrfm.data.preprocess import PreprocessConfig
 from cmrfm.errors import CmrfmError, InputError
 from cmrfm.metrics import normalised_entropy
 from cmrfm.models.heads import per_level_uncertainty
+from cmrfm.tasks.context import stack_with_neighbours
 from cmrfm.tasks.heartzoom import refine_with_zoom
 from cmrfm.tasks.kinds import TTA_FLIPS
 from cmrfm.tasks.kinds import TestTimeView as View
@@ -273,15 +274,23 @@ class ModelBundle:
 
         Args:
             task_id: A loaded segmentation task.
-            images: The slices.
-            groups: One key per slice naming its volume (e.g. the frame). Given, and with a model
-                whose card sets ``heart_zoom``, each volume is segmented again on a crop its
-                predicted heart fills (:func:`~cmrfm.tasks.heartzoom.refine_with_zoom`); the
-                uncertainty maps stay those of the first pass.
+            images: The slices, each volume's in slice order.
+            groups: One key per slice naming its volume (e.g. the frame); None: all one volume.
+                A model whose card sets ``context_slices`` reads each slice with its volume
+                neighbours (:mod:`cmrfm.tasks.context`); one that sets ``heart_zoom`` segments each
+                volume again on a crop its predicted heart fills
+                (:func:`~cmrfm.tasks.heartzoom.refine_with_zoom`; the uncertainty maps stay those
+                of the first pass).
         """
         loaded = self.models[task_id]
         model = loaded.model
-        images_t = torch.as_tensor(np.asarray(images, np.float32))[:, None]  # (N, 1, H, W)
+        keys = list(groups) if groups is not None else [0] * len(images)
+        channels = int(getattr(model.task, "input_channels", 1))
+        slices = np.asarray(images, np.float32)
+        if channels > 1:
+            images_t = torch.as_tensor(stack_with_neighbours(slices, keys, channels // 2))  # (N, C, H, W)
+        else:
+            images_t = torch.as_tensor(slices)[:, None]  # (N, 1, H, W)
         size = tuple(images_t.shape[-2:])
         patch = (loaded.card.get("architecture") or {}).get("config", {}).get("patch_size")
         tta = self.tta or getattr(model.task, "analysis_flips", False)
@@ -297,7 +306,7 @@ class ModelBundle:
                 plain_entropy.append(normalised_entropy(outs[0].numpy(), axis=1))
         all_probs = np.concatenate(probs)  # (N, C, H, W)
         fill = float(getattr(model.task.config, "heart_zoom", 0.0) or 0.0)
-        if groups is not None and fill > 0:
+        if fill > 0:
 
             def predict(zoomed: torch.Tensor) -> torch.Tensor:
                 parts = [
@@ -308,7 +317,7 @@ class ModelBundle:
 
             heart = getattr(model.task, "heart_classes", None) or tuple(range(1, all_probs.shape[1]))
             all_probs = refine_with_zoom(
-                predict, images_t, torch.as_tensor(all_probs), list(groups), fill, heart
+                predict, images_t, torch.as_tensor(all_probs), keys, fill, heart
             ).numpy()
         return SegPrediction(
             probs=all_probs,

@@ -44,6 +44,7 @@ from cmrfm.models.factory import architecture, build_backbone, check_architectur
 from cmrfm.models.vit import ViTConfig, compile_blocks
 from cmrfm.tasks import TASKS
 from cmrfm.tasks.base import BaselineModel, EvalResult, Task, TaskData, TaskModel
+from cmrfm.tasks.context import expand_channel_weight, expand_input_channels
 
 Mode = Literal["full", "frozen", "linear"]
 
@@ -191,10 +192,14 @@ def build_model(task: Task, cfg: FinetuneConfig) -> tuple[TaskModel | BaselineMo
         return BaselineModel(task, task.build_baseline(cfg.image_size)), card
     if cfg.init and _is_task_model(cfg.init):
         return _transfer_from_task_model(task, cfg)
+    channels = getattr(task, "input_channels", 1)
     if cfg.init:
         backbone, card = load_backbone(cfg.init)
+        backbone = expand_input_channels(backbone, channels)
     else:
-        backbone = build_backbone(cfg.preset, **{"img_size": cfg.image_size, **cfg.backbone})
+        backbone = build_backbone(
+            cfg.preset, **{"img_size": cfg.image_size, **cfg.backbone, "in_chans": channels}
+        )
     bcfg: ViTConfig = backbone.cfg
     linear = cfg.mode == "linear"
     head = task.build_head(bcfg.embed_dim, len(bcfg.levels()), bcfg.patch_size, linear=linear)
@@ -227,11 +232,16 @@ def _transfer_from_task_model(task: Task, cfg: FinetuneConfig) -> tuple[TaskMode
             f"init={cfg.init}: this {source_card['task']!r} model stores no ViT backbone, so it cannot "
             f"initialise {task.info.id!r}; use a pretrained backbone or another task model"
         )
-    backbone = source.backbone
+    channels = getattr(task, "input_channels", 1)
+    backbone = expand_input_channels(source.backbone, channels)
     bcfg: ViTConfig = backbone.cfg
     head = task.build_head(bcfg.embed_dim, len(bcfg.levels()), bcfg.patch_size, linear=cfg.mode == "linear")
     own = head.state_dict()
-    matched = matching_head_tensors(own, source.head.state_dict(), getattr(head, "transfer_prefix", ""))
+    source_head = dict(source.head.state_dict())
+    for key, tensor in source_head.items():  # 1-channel image convs grow to the task's channels
+        if key in own and tensor.ndim == 4 and tensor.shape[1] == 1 and own[key].shape[1] == channels > 1:
+            source_head[key] = expand_channel_weight(tensor, channels)
+    matched = matching_head_tensors(own, source_head, getattr(head, "transfer_prefix", ""))
     frozen = getattr(head, "frozen_prefix", "")
     missing = [k for k in own if frozen and k.startswith(frozen) and k not in matched]
     if missing:

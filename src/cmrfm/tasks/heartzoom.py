@@ -169,10 +169,11 @@ class HeartZoomItems(Sequence[dict[str, Any]]):
         box = heart_box(self.hearts[item["volume"]], fill, shift)
         if box is None:
             return item
-        image = torch.as_tensor(np.asarray(item["image"], np.float32))[None, None]  # (1, 1, H, W)
+        source = np.asarray(item["image"], np.float32)
+        image = torch.as_tensor(source).reshape(1, -1, *source.shape[-2:])  # (1, C, H, W)
         mask = torch.as_tensor(np.asarray(item["mask"]).astype(np.float32))[None, None]
         size = image.shape[-1]
-        item["image"] = zoom(image, box, size)[0, 0].numpy()
+        item["image"] = zoom(image, box, size)[0].reshape(source.shape).numpy()
         item["mask"] = (
             zoom(mask, box, size, mode="nearest")[0, 0].numpy().astype(np.asarray(item["mask"]).dtype)
         )

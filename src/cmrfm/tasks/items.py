@@ -67,7 +67,8 @@ class ItemDataset(Dataset):
                 images = torch.stack([augment_item(im, self.augment, g)[0] for im in images])
             item["images"] = images
             return _tensors(item)
-        image = torch.as_tensor(np.asarray(item["image"], np.float32))[None]  # (1, H, W)
+        image = torch.as_tensor(np.asarray(item["image"], np.float32))
+        image = image[None] if image.ndim == 2 else image  # (C, H, W): 1 channel, or a slice and neighbours
         mask = torch.as_tensor(np.asarray(item["mask"], np.int64)) if "mask" in item else None
         points = torch.as_tensor(np.asarray(item["landmarks"], np.float32)) if "landmarks" in item else None
         if g is not None:

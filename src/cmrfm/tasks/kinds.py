@@ -170,6 +170,11 @@ class SegmentationTask(WeightedClassesMixin, Task):
     #: turns them on for every task).
     analysis_flips: ClassVar[bool] = False
 
+    @property
+    def input_channels(self) -> int:
+        """Image channels the model reads: 1, or a slice and its neighbours (``context_slices``)."""
+        return 1 + 2 * int(getattr(self.config, "context_slices", 0) or 0)
+
     def build_head(self, embed_dim: int, num_levels: int, patch_size: int, linear: bool = False) -> nn.Module:
         """UNETR-like decoder (or the linear probe) with one output channel per class."""
         if linear:
@@ -180,6 +185,7 @@ class SegmentationTask(WeightedClassesMixin, Task):
                 num_levels,
                 patch_size,
                 len(self.info.classes),
+                in_chans=self.input_channels,
                 conv_skip_stages=self.config.conv_skip_stages,
             )
         except ValueError as err:
@@ -205,7 +211,7 @@ class SegmentationTask(WeightedClassesMixin, Task):
 
     def build_baseline(self, image_size: int) -> nn.Module:
         """MONAI DynUNet (nnU-Net-style 2D) with the same outputs as the ViT model."""
-        return SegmentationBaseline(len(self.info.classes), image_size)
+        return SegmentationBaseline(len(self.info.classes), image_size, self.input_channels)
 
     def _seg_loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         cfg = self.config
@@ -626,9 +632,9 @@ class LandmarkTask(Task):
 class SegmentationBaseline(nn.Module):
     """DynUNet on the standardised image; ``forward(batch)`` returns what :class:`SegmentationTask` uses."""
 
-    def __init__(self, num_classes: int, image_size: int) -> None:
+    def __init__(self, num_classes: int, image_size: int, in_chans: int = 1) -> None:
         super().__init__()
-        self.net = dynunet_2d(num_classes, image_size)
+        self.net = dynunet_2d(num_classes, image_size, in_channels=in_chans)
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Logits ``(B, C, H, W)`` (a single stage: no deep supervision)."""

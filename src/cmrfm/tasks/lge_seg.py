@@ -14,8 +14,10 @@ import numpy as np
 
 from cmrfm.constants import LABEL_NAMES, Label
 from cmrfm.data.preprocess import PreprocessRecord
+from cmrfm.errors import ConfigError
 from cmrfm.tasks.augment import AugmentConfig
 from cmrfm.tasks.base import TaskData, TaskInfo, register_task
+from cmrfm.tasks.context import ContextItems
 from cmrfm.tasks.heartzoom import HeartZoomItems
 from cmrfm.tasks.items import ItemDataset, phantom_slice
 from cmrfm.tasks.kinds import SegmentationConfig, SegmentationTask
@@ -47,6 +49,9 @@ class LgeSegConfig(SegmentationConfig):
             volume's manual heart; evaluation (and analysis, from the model card) refines each
             stack by a second pass on its predicted heart.
         heart_zoom_prob: Fraction of training slices zoomed (the rest train the first pass).
+        context_slices: Neighbouring slices each side given as extra input channels (2.5D,
+            :mod:`cmrfm.tasks.context`; 0 = one slice). A 1-channel model given as ``init`` grows
+            the channels with zero weights, so it starts from its own 2D output.
     """
 
     root: str = ""
@@ -57,6 +62,7 @@ class LgeSegConfig(SegmentationConfig):
     lesion_oversample: int = 1
     heart_zoom: float = 0.0
     heart_zoom_prob: float = 0.75
+    context_slices: int = 0
 
 
 def lge_item(item: dict[str, Any], record: PreprocessRecord) -> dict[str, Any]:
@@ -87,6 +93,10 @@ class LgeSeg(SegmentationTask):
 
     def _dataset(self, items: Sequence[dict[str, Any]], train: bool) -> ItemDataset:
         """Items and paired augmentation; training items get scar oversampling and LesionMix if set."""
+        if self.config.context_slices > 0:
+            if self.config.lesionmix > 0:
+                raise ConfigError("task_options.lesionmix edits one slice: it cannot go with context_slices")
+            items = ContextItems(items, self.config.context_slices)
         if train and self.config.lesion_oversample > 1:
             scar = [i for i in range(len(items)) if np.isin(np.asarray(items[i]["mask"]), LESION).any()]
             items = OversampledItems(items, scar, self.config.lesion_oversample)

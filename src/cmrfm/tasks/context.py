@@ -1,0 +1,108 @@
+"""Through-plane context (2.5D): a slice and its neighbours in the stack as input channels.
+
+A 2D model reads one slice at a time; a scar that is clear on one slice and faint on the next is
+decided on each alone. With ``context`` neighbours each side, the input of slice ``z`` is the
+``2·context + 1`` slices ``z - context .. z + context`` of its volume (the stack's end slices
+repeated past its ends), the slice itself in the middle channel. A 2D model grows into one by
+:func:`expand_input_channels`: the new channels start with zero weights, so before any training
+the expanded model gives exactly the 2D model's output.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def neighbour_indices(order: Sequence[int], context: int) -> list[list[int]]:
+    """For positions ``order`` (a volume's items sorted by slice), the items of each one's channels.
+
+    Returns one list of ``2·context + 1`` entries of ``order`` per position, its own in the middle.
+    """
+    n = len(order)
+    return [[order[min(max(i + d, 0), n - 1)] for d in range(-context, context + 1)] for i in range(n)]
+
+
+def stack_with_neighbours(images: np.ndarray, groups: Sequence[Any], context: int) -> np.ndarray:
+    """``(N, H, W)`` slices -> ``(N, 2·context + 1, H, W)``; slices of one group are one volume, in order."""
+    members: dict[Any, list[int]] = defaultdict(list)
+    for index, key in enumerate(groups):
+        members[key].append(index)
+    out = np.empty((len(images), 2 * context + 1, *images.shape[1:]), dtype=images.dtype)
+    for order in members.values():
+        for own, picks in zip(order, neighbour_indices(order, context), strict=True):
+            out[own] = images[picks]
+    return out
+
+
+class ContextItems(Sequence[dict[str, Any]]):
+    """Segmentation items whose ``image`` becomes ``(2·context + 1, H, W)``: the slice and its neighbours.
+
+    Neighbours are the items of the same ``volume``, ordered by ``slice``. Labels stay the centre
+    slice's.
+
+    Args:
+        items: Image-level items (``image`` ``(H, W)``, ``volume``, ``slice``).
+        context: Neighbours each side (≥ 1).
+    """
+
+    def __init__(self, items: Sequence[dict[str, Any]], context: int) -> None:
+        if context < 1:
+            raise ValueError(f"context must be >= 1, got {context}")
+        self.items = items
+        by_volume: dict[str, list[tuple[int, int]]] = defaultdict(list)
+        for index in range(len(items)):
+            item = items[index]
+            by_volume[item["volume"]].append((int(item["slice"]), index))
+        self.channels: dict[int, list[int]] = {}
+        for entries in by_volume.values():
+            order = [index for _, index in sorted(entries)]
+            for own, picks in zip(order, neighbour_indices(order, context), strict=True):
+                self.channels[own] = picks
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:  # type: ignore[override]
+        item = dict(self.items[index])
+        picks = self.channels[index]
+        item["image"] = np.stack(
+            [np.asarray(item["image"] if i == index else self.items[i]["image"], np.float32) for i in picks]
+        )  # (2·context + 1, H, W)
+        return item
+
+
+def expand_channel_weight(source: torch.Tensor, channels: int) -> torch.Tensor:
+    """A ``(O, 1, ...)`` weight -> ``(O, channels, ...)``: the source in the middle channel, zeros around."""
+    shape = (source.shape[0], channels, *source.shape[2:])
+    out = source.new_zeros(shape)
+    out[:, channels // 2] = source[:, 0]
+    return out
+
+
+def expand_patch_embed(weight: torch.Tensor, channels: int) -> torch.Tensor:
+    """A ``(D, p·p)`` patch projection of 1-channel images -> ``(D, channels·p·p)`` (channel-major)."""
+    d, pp = weight.shape
+    out = weight.new_zeros(d, channels, pp)
+    out[:, channels // 2] = weight
+    return out.reshape(d, channels * pp)
+
+
+def expand_input_channels(backbone: nn.Module, channels: int) -> nn.Module:
+    """A copy of a 1-channel ViT taking ``channels`` input channels; the new ones start at zero weight."""
+    from cmrfm.models.factory import build_backbone
+
+    if backbone.cfg.in_chans == channels:
+        return backbone
+    if backbone.cfg.in_chans != 1:
+        raise ValueError(f"can only expand a 1-channel backbone, this one has {backbone.cfg.in_chans}")
+    grown = build_backbone(backbone.cfg, in_chans=channels)
+    state = dict(backbone.state_dict())
+    state["patch_embed.proj.weight"] = expand_patch_embed(state["patch_embed.proj.weight"], channels)
+    grown.load_state_dict(state)
+    return grown
