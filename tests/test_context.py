@@ -61,6 +61,22 @@ def test_a_2d_model_grows_channels_without_changing_its_output(tmp_path):
         expected = source({"image": x[:, 1:2]})["logits"]
         got = grown({"image": x})["logits"]
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    # inflated: every channel shares the weight, so a stack of one repeated slice reads as that slice
+    inflated, _ = build_model(
+        build_task("lge-seg", {"context_slices": 1, "context_init": "inflate"}),
+        FinetuneConfig(task="lge-seg", init=str(flat.weights)),
+    )
+    inflated.eval()
+    with torch.no_grad():
+        same = inflated({"image": x[:, 1:2].repeat(1, 3, 1, 1)})["logits"]
+        mixed = inflated({"image": x})["logits"]
+    torch.testing.assert_close(same, expected, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(mixed, expected, atol=1e-3)  # it reads the neighbours from the start
+    with pytest.raises(ConfigError, match="context_init"):
+        build_model(
+            build_task("lge-seg", {"context_slices": 1, "context_init": "copy"}),
+            FinetuneConfig(task="lge-seg", init=str(flat.weights)),
+        )
     # trained with context, the model card brings the channels back
     run = finetune(
         FinetuneConfig(

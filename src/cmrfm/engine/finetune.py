@@ -44,7 +44,7 @@ from cmrfm.models.factory import architecture, build_backbone, check_architectur
 from cmrfm.models.vit import ViTConfig, compile_blocks
 from cmrfm.tasks import TASKS
 from cmrfm.tasks.base import BaselineModel, EvalResult, Task, TaskData, TaskModel
-from cmrfm.tasks.context import expand_channel_weight, expand_input_channels
+from cmrfm.tasks.context import CHANNEL_INITS, expand_channel_weight, expand_input_channels
 
 Mode = Literal["full", "frozen", "linear"]
 
@@ -193,9 +193,10 @@ def build_model(task: Task, cfg: FinetuneConfig) -> tuple[TaskModel | BaselineMo
     if cfg.init and _is_task_model(cfg.init):
         return _transfer_from_task_model(task, cfg)
     channels = getattr(task, "input_channels", 1)
+    grow = _channel_init(task)
     if cfg.init:
         backbone, card = load_backbone(cfg.init)
-        backbone = expand_input_channels(backbone, channels)
+        backbone = expand_input_channels(backbone, channels, grow)
     else:
         backbone = build_backbone(
             cfg.preset, **{"img_size": cfg.image_size, **cfg.backbone, "in_chans": channels}
@@ -211,6 +212,15 @@ def build_model(task: Task, cfg: FinetuneConfig) -> tuple[TaskModel | BaselineMo
     if cfg.mode in ("frozen", "linear"):
         backbone.requires_grad_(False)
     return TaskModel(task, backbone, head), card
+
+
+def _channel_init(task: Task) -> str:
+    """How a 1-channel init grows to the task's input channels (``task_options.context_init``)."""
+    grow = getattr(task.config, "context_init", "zero")
+    if grow not in CHANNEL_INITS:
+        choices = ", ".join(CHANNEL_INITS)
+        raise ConfigError(f"task_options.context_init must be one of {choices}; got {grow!r}")
+    return grow
 
 
 def _is_task_model(path: str | Path) -> bool:
@@ -233,14 +243,15 @@ def _transfer_from_task_model(task: Task, cfg: FinetuneConfig) -> tuple[TaskMode
             f"initialise {task.info.id!r}; use a pretrained backbone or another task model"
         )
     channels = getattr(task, "input_channels", 1)
-    backbone = expand_input_channels(source.backbone, channels)
+    grow = _channel_init(task)
+    backbone = expand_input_channels(source.backbone, channels, grow)
     bcfg: ViTConfig = backbone.cfg
     head = task.build_head(bcfg.embed_dim, len(bcfg.levels()), bcfg.patch_size, linear=cfg.mode == "linear")
     own = head.state_dict()
     source_head = dict(source.head.state_dict())
     for key, tensor in source_head.items():  # 1-channel image convs grow to the task's channels
         if key in own and tensor.ndim == 4 and tensor.shape[1] == 1 and own[key].shape[1] == channels > 1:
-            source_head[key] = expand_channel_weight(tensor, channels)
+            source_head[key] = expand_channel_weight(tensor, channels, grow)
     matched = matching_head_tensors(own, source_head, getattr(head, "transfer_prefix", ""))
     frozen = getattr(head, "frozen_prefix", "")
     missing = [k for k in own if frozen and k.startswith(frozen) and k not in matched]

@@ -4,8 +4,14 @@ A 2D model reads one slice at a time; a scar that is clear on one slice and fain
 decided on each alone. With ``context`` neighbours each side, the input of slice ``z`` is the
 ``2·context + 1`` slices ``z - context .. z + context`` of its volume (the stack's end slices
 repeated past its ends), the slice itself in the middle channel. A 2D model grows into one by
-:func:`expand_input_channels`: the new channels start with zero weights, so before any training
-the expanded model gives exactly the 2D model's output.
+:func:`expand_input_channels`, in one of two ways (:data:`CHANNEL_INITS`):
+
+* ``zero``: the new channels start with zero weights, so before any training the grown model gives
+  exactly the 2D model's output. Their gradients are small at zero, and the patch embedding is the
+  layer layer-wise lr decay slows most: on EMIDEC the neighbour weights stayed near zero.
+* ``inflate``: every channel gets the 2D weight divided by the channel count (as 2D filters are
+  inflated to 3D), so the model starts from the through-plane mean and must learn to tell the
+  slices apart; on a stack of identical slices it still gives the 2D output.
 """
 
 from __future__ import annotations
@@ -77,24 +83,33 @@ class ContextItems(Sequence[dict[str, Any]]):
         return item
 
 
-def expand_channel_weight(source: torch.Tensor, channels: int) -> torch.Tensor:
-    """A ``(O, 1, ...)`` weight -> ``(O, channels, ...)``: the source in the middle channel, zeros around."""
-    shape = (source.shape[0], channels, *source.shape[2:])
-    out = source.new_zeros(shape)
+#: How a 1-channel weight grows to several input channels.
+CHANNEL_INITS = ("zero", "inflate")
+
+
+def _check_init(init: str) -> None:
+    if init not in CHANNEL_INITS:
+        raise ValueError(f"channel init must be one of {CHANNEL_INITS}, got {init!r}")
+
+
+def expand_channel_weight(source: torch.Tensor, channels: int, init: str = "zero") -> torch.Tensor:
+    """A ``(O, 1, ...)`` weight -> ``(O, channels, ...)`` (``zero``: source in the middle channel)."""
+    _check_init(init)
+    if init == "inflate":
+        return source.expand(source.shape[0], channels, *source.shape[2:]) / channels
+    out = source.new_zeros((source.shape[0], channels, *source.shape[2:]))
     out[:, channels // 2] = source[:, 0]
     return out
 
 
-def expand_patch_embed(weight: torch.Tensor, channels: int) -> torch.Tensor:
+def expand_patch_embed(weight: torch.Tensor, channels: int, init: str = "zero") -> torch.Tensor:
     """A ``(D, p·p)`` patch projection of 1-channel images -> ``(D, channels·p·p)`` (channel-major)."""
     d, pp = weight.shape
-    out = weight.new_zeros(d, channels, pp)
-    out[:, channels // 2] = weight
-    return out.reshape(d, channels * pp)
+    return expand_channel_weight(weight[:, None], channels, init).reshape(d, channels * pp)
 
 
-def expand_input_channels(backbone: nn.Module, channels: int) -> nn.Module:
-    """A copy of a 1-channel ViT taking ``channels`` input channels; the new ones start at zero weight."""
+def expand_input_channels(backbone: nn.Module, channels: int, init: str = "zero") -> nn.Module:
+    """A copy of a 1-channel ViT taking ``channels`` input channels (grown as ``init`` says)."""
     from cmrfm.models.factory import build_backbone
 
     if backbone.cfg.in_chans == channels:
@@ -103,6 +118,6 @@ def expand_input_channels(backbone: nn.Module, channels: int) -> nn.Module:
         raise ValueError(f"can only expand a 1-channel backbone, this one has {backbone.cfg.in_chans}")
     grown = build_backbone(backbone.cfg, in_chans=channels)
     state = dict(backbone.state_dict())
-    state["patch_embed.proj.weight"] = expand_patch_embed(state["patch_embed.proj.weight"], channels)
+    state["patch_embed.proj.weight"] = expand_patch_embed(state["patch_embed.proj.weight"], channels, init)
     grown.load_state_dict(state)
     return grown

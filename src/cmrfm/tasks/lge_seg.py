@@ -51,7 +51,8 @@ class LgeSegConfig(SegmentationConfig):
         heart_zoom_prob: Fraction of training slices zoomed (the rest train the first pass).
         context_slices: Neighbouring slices each side given as extra input channels (2.5D,
             :mod:`cmrfm.tasks.context`; 0 = one slice). A 1-channel model given as ``init`` grows
-            the channels with zero weights, so it starts from its own 2D output.
+            the channels as ``context_init`` says: ``zero`` (starts from its own 2D output) or
+            ``inflate`` (each channel the 2D weight / channels; :mod:`cmrfm.tasks.context`).
     """
 
     root: str = ""
@@ -63,6 +64,7 @@ class LgeSegConfig(SegmentationConfig):
     heart_zoom: float = 0.0
     heart_zoom_prob: float = 0.75
     context_slices: int = 0
+    context_init: str = "zero"
 
 
 def lge_item(item: dict[str, Any], record: PreprocessRecord) -> dict[str, Any]:
