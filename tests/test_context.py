@@ -93,6 +93,16 @@ def test_a_2d_model_grows_channels_without_changing_its_output(tmp_path):
     assert np.isfinite(run.eval.metrics["dice_mean"])
 
 
+def test_bad_context_and_zoom_options_are_config_errors():
+    for options, name in (
+        ({"context_slices": -1}, "context_slices"),
+        ({"heart_zoom": 1.5}, "heart_zoom"),
+        ({"heart_zoom_prob": -0.1}, "heart_zoom_prob"),
+    ):
+        with pytest.raises(ConfigError, match=name):
+            build_task("lge-seg", options)
+
+
 def test_lesionmix_and_context_do_not_mix():
     task = build_task("lge-seg", {"context_slices": 1, "lesionmix": 0.5})
     data = task.synthetic_data()

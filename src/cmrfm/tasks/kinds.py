@@ -222,7 +222,7 @@ class SegmentationTask(WeightedClassesMixin, Task):
     heart_classes: ClassVar[tuple[int, ...] | None] = None
 
     def _view_probs(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-        """``(B, 1, H, W)`` -> ``(B, C, H, W)`` class probabilities, averaged over the test-time views."""
+        """``(B, C_in, H, W)`` images -> ``(B, C, H, W)`` class probabilities, mean over test-time views."""
         flips = TTA_FLIPS if self.config.test_time_flips else TTA_FLIPS[:1]
         probs = 0.0
         for view in (TestTimeView(flip=dims) for dims in flips):
@@ -244,12 +244,12 @@ class SegmentationTask(WeightedClassesMixin, Task):
         model.eval()
         loader = DataLoader(dataset, batch_size=batch_size, collate_fn=self.collate)
         fill = float(getattr(self.config, "heart_zoom", 0.0))
-        rows, images, probs = [], [], []
+        rows: list[dict[str, Any]] = []
+        images, held = [], []  # kept only for the heart-zoom pass, which needs whole volumes
         for batch in loader:
-            probs.append(self._view_probs(model, batch["image"]).cpu())
-            if fill > 0:
-                images.append(batch["image"])
-            for i in range(len(batch["image"])):
+            probs = self._view_probs(model, batch["image"]).cpu()  # (B, C, H, W)
+            first = len(rows)
+            for i in range(len(probs)):
                 rows.append(
                     {
                         "subject": batch["subject"][i],
@@ -259,26 +259,22 @@ class SegmentationTask(WeightedClassesMixin, Task):
                         "spacing": batch["spacing"][i].numpy(),
                     }
                 )
-        if not rows:
-            return rows
-        all_probs = torch.cat(probs)  # (N, C, H, W)
-        if fill > 0:
-            heart = self.heart_classes or tuple(range(1, all_probs.shape[1]))
-            all_probs = refine_with_zoom(
+            if fill > 0:
+                images.append(batch["image"])
+                held.append(probs)
+            else:
+                _finish_rows(rows[first:], probs.numpy(), keep_probs)
+        if fill > 0 and rows:
+            heart = self.heart_classes or tuple(range(1, held[0].shape[1]))
+            refined = refine_with_zoom(
                 lambda x: self._view_probs(model, x).cpu(),
                 torch.cat(images),
-                all_probs,
+                torch.cat(held),
                 [row["volume"] for row in rows],
                 fill,
                 heart,
             )
-        probs_np = all_probs.numpy()  # (N, C, H, W)
-        pred = probs_np.argmax(axis=1).astype(np.uint8)
-        entropy = metrics.normalised_entropy(probs_np, axis=1).astype(np.float16)  # (N, H, W)
-        for i, row in enumerate(rows):
-            row["pred"], row["entropy"] = pred[i], entropy[i]
-            if keep_probs:
-                row["probs"] = probs_np[i].astype(np.float16)
+            _finish_rows(rows, refined.numpy(), keep_probs)
         return rows
 
     def evaluate(self, model: TaskModel, dataset: Dataset, batch_size: int = 16) -> EvalResult:
@@ -319,6 +315,16 @@ class SegmentationTask(WeightedClassesMixin, Task):
             scores["mean_entropy"] = float("nan") if heart_entropy is None else heart_entropy
             per_volume.append({"subject": slices[0]["subject"], "volume": key, **scores})
         return summarise_rows(per_volume, primary="dice_mean")
+
+
+def _finish_rows(rows: list[dict[str, Any]], probs: np.ndarray, keep_probs: bool) -> None:
+    """Sets each row's ``pred``, ``entropy`` (and ``probs``) from ``(N, C, H, W)`` probabilities."""
+    pred = probs.argmax(axis=1).astype(np.uint8)
+    entropy = metrics.normalised_entropy(probs, axis=1).astype(np.float16)  # (N, H, W)
+    for i, row in enumerate(rows):
+        row["pred"], row["entropy"] = pred[i], entropy[i]
+        if keep_probs:
+            row["probs"] = probs[i].astype(np.float16)
 
 
 def _finite_mean(values: list[float]) -> float:

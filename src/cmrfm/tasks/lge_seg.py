@@ -66,6 +66,14 @@ class LgeSegConfig(SegmentationConfig):
     context_slices: int = 0
     context_init: str = "zero"
 
+    def __post_init__(self) -> None:
+        if not 0 <= self.heart_zoom <= 1:
+            raise ConfigError(f"task_options.heart_zoom must be in [0, 1] (0 = off), got {self.heart_zoom}")
+        if not 0 <= self.heart_zoom_prob <= 1:
+            raise ConfigError(f"task_options.heart_zoom_prob must be in [0, 1], got {self.heart_zoom_prob}")
+        if self.context_slices < 0:
+            raise ConfigError(f"task_options.context_slices must be >= 0, got {self.context_slices}")
+
 
 def lge_item(item: dict[str, Any], record: PreprocessRecord) -> dict[str, Any]:
     """Cache item -> LGE segmentation item (internal ids mapped to the five classes)."""
