@@ -3,13 +3,12 @@
 import numpy as np
 import pytest
 import torch
+from tiny import tiny_config
 
 from cmrfm.engine.finetune import FinetuneConfig, build_model, build_task, finetune, load_task_model
 from cmrfm.errors import ConfigError
 from cmrfm.tasks.context import ContextItems, neighbour_indices, stack_with_neighbours
 from cmrfm.tasks.items import ItemDataset
-
-TINY = {"embed_dim": 32, "depth": 2, "num_heads": 2}
 
 
 def test_neighbours_repeat_the_stack_ends():
@@ -45,10 +44,7 @@ def test_context_items_follow_slice_order_within_each_volume():
 
 
 def test_a_2d_model_grows_channels_without_changing_its_output(tmp_path):
-    cfg = dict(
-        task="lge-seg", synthetic=True, image_size=32, backbone=TINY, batch_size=2, folds=2, fold=0, amp="off"
-    )
-    flat = finetune(FinetuneConfig(**cfg, steps=2, out=str(tmp_path / "2d")), progress=False)
+    flat = finetune(tiny_config("lge-seg", tmp_path / "2d"), progress=False)
     source, _ = load_task_model(flat.weights)
     task = build_task("lge-seg", {"context_slices": 1})
     grown, card = build_model(task, FinetuneConfig(task="lge-seg", init=str(flat.weights)))
@@ -79,13 +75,7 @@ def test_a_2d_model_grows_channels_without_changing_its_output(tmp_path):
         )
     # trained with context, the model card brings the channels back
     run = finetune(
-        FinetuneConfig(
-            **cfg,
-            steps=2,
-            init=str(flat.weights),
-            out=str(tmp_path / "ctx"),
-            task_options={"context_slices": 1},
-        ),
+        tiny_config("lge-seg", tmp_path / "ctx", init=str(flat.weights), task_options={"context_slices": 1}),
         progress=False,
     )
     model, _ = load_task_model(run.weights)
@@ -117,20 +107,7 @@ def test_analysis_reads_each_slice_with_its_volume_neighbours(tmp_path):
     from cmrfm.tasks.kinds import TTA_FLIPS, TestTimeView
 
     run = finetune(
-        FinetuneConfig(
-            task="lge-seg",
-            synthetic=True,
-            image_size=32,
-            backbone=TINY,
-            batch_size=2,
-            folds=2,
-            fold=0,
-            amp="off",
-            steps=1,
-            out=str(tmp_path / "ctx"),
-            task_options={"context_slices": 1},
-        ),
-        progress=False,
+        tiny_config("lge-seg", tmp_path / "ctx", steps=1, task_options={"context_slices": 1}), progress=False
     )
     folder = tmp_path / "weights"
     folder.mkdir()

@@ -5,13 +5,12 @@ import math
 
 import pytest
 import torch
+from tiny import TINY, tiny_config
 
 from cmrfm.engine.finetune import FinetuneConfig, build_task, finetune, load_task_model
 from cmrfm.errors import CmrfmError
 from cmrfm.tasks import TASKS
 from cmrfm.tasks.base import BaselineModel
-
-TINY = {"embed_dim": 32, "depth": 2, "num_heads": 2}
 
 
 @pytest.mark.parametrize("task_id", TASKS.names())
@@ -144,18 +143,8 @@ def test_lge_seg_oversamples_scar_slices_for_training_only():
 
 
 def test_lge_seg_heart_zoom_trains_evaluates_and_travels_in_the_card(tmp_path):
-    cfg = FinetuneConfig(
-        task="lge-seg",
-        synthetic=True,
-        image_size=32,
-        backbone=TINY,
-        steps=2,
-        batch_size=2,
-        folds=2,
-        fold=0,
-        out=str(tmp_path / "run"),
-        amp="off",
-        task_options={"heart_zoom": 0.75, "heart_zoom_prob": 1.0},
+    cfg = tiny_config(
+        "lge-seg", tmp_path / "run", task_options={"heart_zoom": 0.75, "heart_zoom_prob": 1.0}
     )
     result = finetune(cfg, progress=False)
     assert math.isfinite(result.eval.metrics["dice_mean"])
@@ -249,18 +238,8 @@ def test_sax_seg_simulated_subjects_train_but_never_evaluate(acdc_root):
 
 def test_disease_from_features_only_skips_the_backbone(tmp_path):
     """``images=false``: the head sees the (batch-normalised) features alone; images are ignored."""
-    cfg = FinetuneConfig(
-        task="disease-cls",
-        synthetic=True,
-        image_size=32,
-        backbone=TINY,
-        steps=3,
-        batch_size=4,
-        folds=2,
-        fold=0,
-        out=str(tmp_path / "run"),
-        amp="off",
-        task_options={"images": False},
+    cfg = tiny_config(
+        "disease-cls", tmp_path / "run", steps=3, batch_size=4, task_options={"images": False}
     )
     result = finetune(cfg, progress=False)
     model, card = load_task_model(result.weights)

@@ -23,6 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cmrfm.tasks.mixed import RandomlyChangedItems
+
 #: Smallest zoom-box side as a fraction of the image side (largest zoom 3x).
 MIN_SIDE_FRACTION = 1 / 3
 #: Training jitter: fill drawn in ``fill ± FILL_JITTER``, centre moved by up to this fraction of the side.
@@ -126,7 +128,7 @@ def refine_with_zoom(
     return out
 
 
-class HeartZoomItems(Sequence[dict[str, Any]]):
+class HeartZoomItems(RandomlyChangedItems):
     """Segmentation items zoomed on their volume's manual heart with probability ``prob`` (training).
 
     The box of each volume is drawn around the union of its heart classes over all its slices, with
@@ -145,8 +147,7 @@ class HeartZoomItems(Sequence[dict[str, Any]]):
     def __init__(
         self, items: Sequence[dict[str, Any]], prob: float, fill: float, heart_classes: Sequence[int]
     ) -> None:
-        self.items = items
-        self.prob = float(prob)
+        super().__init__(items, prob)
         self.fill = float(fill)
         union: dict[str, np.ndarray] = {}
         for i in range(len(items)):
@@ -156,14 +157,8 @@ class HeartZoomItems(Sequence[dict[str, Any]]):
             union[key] = heart if key not in union else union[key] | heart
         self.hearts = union
 
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:  # type: ignore[override]
-        item = dict(self.items[index])
-        rng = np.random.default_rng(int(torch.randint(0, 2**62, ())))
-        if rng.random() >= self.prob:
-            return item
+    def change(self, item: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        """``item`` zoomed on its volume's heart (unchanged when the volume has no heart)."""
         fill = float(np.clip(self.fill + rng.uniform(-FILL_JITTER, FILL_JITTER), 0.3, 1.0))
         shift = tuple(rng.uniform(-CENTRE_JITTER, CENTRE_JITTER, size=2))
         box = heart_box(self.hearts[item["volume"]], fill, shift)

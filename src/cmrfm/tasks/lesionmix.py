@@ -30,8 +30,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import torch
 from scipy import ndimage
+
+from cmrfm.tasks.mixed import RandomlyChangedItems
 
 #: ``lge-seg`` class indices.
 BACKGROUND, LV, MYO, INFARCT, MVO = 0, 1, 2, 3, 4
@@ -311,7 +312,7 @@ def lesion_mix(
     return out_image.astype(np.float32), out_mask.astype(mask.dtype)
 
 
-class LesionMixItems(Sequence[dict[str, Any]]):
+class LesionMixItems(RandomlyChangedItems):
     """Segmentation items with LesionMix applied with probability ``prob`` on access (training only).
 
     Donors are the items whose mask holds a lesion (found once, at construction). Randomness comes
@@ -326,19 +327,12 @@ class LesionMixItems(Sequence[dict[str, Any]]):
     def __init__(
         self, items: Sequence[dict[str, Any]], prob: float, config: LesionMixConfig | None = None
     ) -> None:
-        self.items = items
-        self.prob = float(prob)
+        super().__init__(items, prob)
         self.config = config or LesionMixConfig()
         self.donors = [i for i in range(len(items)) if np.isin(np.asarray(items[i]["mask"]), LESION).any()]
 
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:  # type: ignore[override]
-        item = dict(self.items[index])
-        rng = np.random.default_rng(int(torch.randint(0, 2**62, ())))
-        if rng.random() >= self.prob:
-            return item
+    def change(self, item: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        """``item`` with its lesions moved, rescaled, re-intensified, removed or populated."""
         donors = []
         if self.donors:
             picks = rng.choice(

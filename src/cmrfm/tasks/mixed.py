@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import torch
 
 from cmrfm.constants import DEFAULT_IMAGE_SIZE
 from cmrfm.data.cache import PreparedCache
@@ -43,6 +44,32 @@ class ChainItems(Sequence[dict[str, Any]]):
         index %= len(self)
         part = int(np.searchsorted(self.offsets, index, side="right")) - 1
         return self.parts[part][index - int(self.offsets[part])]
+
+
+class RandomlyChangedItems(Sequence[dict[str, Any]]):
+    """Items changed on access, with probability ``prob``, by :meth:`change` (training augmentations).
+
+    Randomness comes from torch's global generator (saved in fine-tuning checkpoints), so runs
+    resume exactly.
+    """
+
+    def __init__(self, items: Sequence[dict[str, Any]], prob: float) -> None:
+        self.items = items
+        self.prob = float(prob)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:  # type: ignore[override]
+        item = dict(self.items[index])
+        rng = np.random.default_rng(int(torch.randint(0, 2**62, ())))
+        if rng.random() >= self.prob:
+            return item
+        return self.change(item, rng)
+
+    def change(self, item: dict[str, Any], rng: np.random.Generator) -> dict[str, Any]:
+        """The changed copy of ``item``."""
+        raise NotImplementedError
 
 
 class OversampledItems(Sequence[dict[str, Any]]):
