@@ -143,9 +143,7 @@ def test_lge_seg_oversamples_scar_slices_for_training_only():
 
 
 def test_lge_seg_heart_zoom_trains_evaluates_and_travels_in_the_card(tmp_path):
-    cfg = tiny_config(
-        "lge-seg", tmp_path / "run", task_options={"heart_zoom": 0.75, "heart_zoom_prob": 1.0}
-    )
+    cfg = tiny_config("lge-seg", tmp_path / "run", task_options={"heart_zoom": 0.75, "heart_zoom_prob": 1.0})
     result = finetune(cfg, progress=False)
     assert math.isfinite(result.eval.metrics["dice_mean"])
     model, _ = load_task_model(result.weights)
@@ -238,9 +236,7 @@ def test_sax_seg_simulated_subjects_train_but_never_evaluate(acdc_root):
 
 def test_disease_from_features_only_skips_the_backbone(tmp_path):
     """``images=false``: the head sees the (batch-normalised) features alone; images are ignored."""
-    cfg = tiny_config(
-        "disease-cls", tmp_path / "run", steps=3, batch_size=4, task_options={"images": False}
-    )
+    cfg = tiny_config("disease-cls", tmp_path / "run", steps=3, batch_size=4, task_options={"images": False})
     result = finetune(cfg, progress=False)
     model, card = load_task_model(result.weights)
     assert model.head.pool is None and model.head.fc.in_features == 64

@@ -285,7 +285,7 @@ class ModelBundle:
         loaded = self.models[task_id]
         model = loaded.model
         keys = list(groups) if groups is not None else [0] * len(images)
-        channels = int(getattr(model.task, "input_channels", 1))
+        channels = model.task.input_channels
         slices = np.asarray(images, np.float32)
         if channels > 1:
             images_t = torch.as_tensor(stack_with_neighbours(slices, keys, channels // 2))  # (N, C, H, W)
@@ -305,19 +305,19 @@ class ModelBundle:
                 tta_var.append(stacked.var(0, unbiased=False).numpy())
                 plain_entropy.append(normalised_entropy(outs[0].numpy(), axis=1))
         all_probs = np.concatenate(probs)  # (N, C, H, W)
-        fill = float(getattr(model.task.config, "heart_zoom", 0.0) or 0.0)
+        fill = model.task.heart_zoom_fill
         if fill > 0:
 
             def predict(zoomed: torch.Tensor) -> torch.Tensor:
-                parts = [
-                    torch.stack(self._view_outputs(model, zoomed[part], views, size)[0]).mean(0)
-                    for part in self._chunks(len(zoomed))
-                ]
-                return torch.cat(parts)  # (n, C, H, W)
+                """``(n, C_in, H, W)`` -> view-averaged probabilities ``(n, C, H, W)`` (no variance maps)."""
+                parts = []
+                for part in self._chunks(len(zoomed)):
+                    outs, _ = self._view_outputs(model, zoomed[part], views, size, variance=False)
+                    parts.append(torch.stack(outs).mean(0))
+                return torch.cat(parts)
 
-            heart = getattr(model.task, "heart_classes", None) or tuple(range(1, all_probs.shape[1]))
             all_probs = refine_with_zoom(
-                predict, images_t, torch.as_tensor(all_probs), keys, fill, heart
+                predict, images_t, torch.as_tensor(all_probs), keys, fill, model.task.heart_classes
             ).numpy()
         return SegPrediction(
             probs=all_probs,
@@ -327,17 +327,21 @@ class ModelBundle:
         )
 
     def _view_outputs(
-        self, model: torch.nn.Module, batch: torch.Tensor, views: list[View], size: tuple[int, ...]
+        self,
+        model: torch.nn.Module,
+        batch: torch.Tensor,
+        views: list[View],
+        size: tuple[int, ...],
+        variance: bool = True,
     ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Per view: class probabilities and decoder-level variance ``(B, C, H, W)``, on the batch's grid."""
+        """Per view: class probabilities and (with ``variance``) decoder-level variance ``(B, C, H, W)``."""
         outs, variances = [], []
         for view in views:
             with self._autocast():
                 out = model({"image": view.apply(batch)})
-            p = torch.softmax(out["logits"].float(), dim=1)  # (B, C, H, W)
-            v = level_variance(out["stage_logits"], size)
-            outs.append(view.invert(p))
-            variances.append(view.invert(v))
+            outs.append(view.invert(torch.softmax(out["logits"].float(), dim=1)))  # (B, C, H, W)
+            if variance:
+                variances.append(view.invert(level_variance(out["stage_logits"], size)))
         return outs, variances
 
     @torch.no_grad()

@@ -44,7 +44,7 @@ from cmrfm.models.factory import architecture, build_backbone, check_architectur
 from cmrfm.models.vit import ViTConfig, compile_blocks
 from cmrfm.tasks import TASKS
 from cmrfm.tasks.base import BaselineModel, EvalResult, Task, TaskData, TaskModel
-from cmrfm.tasks.context import CHANNEL_INITS, expand_channel_weight, expand_input_channels
+from cmrfm.tasks.context import CHANNEL_INITS, expand_image_convs, expand_input_channels
 
 Mode = Literal["full", "frozen", "linear"]
 
@@ -248,10 +248,7 @@ def _transfer_from_task_model(task: Task, cfg: FinetuneConfig) -> tuple[TaskMode
     bcfg: ViTConfig = backbone.cfg
     head = task.build_head(bcfg.embed_dim, len(bcfg.levels()), bcfg.patch_size, linear=cfg.mode == "linear")
     own = head.state_dict()
-    source_head = dict(source.head.state_dict())
-    for key, tensor in source_head.items():  # 1-channel image convs grow to the task's channels
-        if key in own and tensor.ndim == 4 and tensor.shape[1] == 1 and own[key].shape[1] == channels > 1:
-            source_head[key] = expand_channel_weight(tensor, channels, grow)
+    source_head = expand_image_convs(source.head.state_dict(), own, channels, grow)
     matched = matching_head_tensors(own, source_head, getattr(head, "transfer_prefix", ""))
     frozen = getattr(head, "frozen_prefix", "")
     missing = [k for k in own if frozen and k.startswith(frozen) and k not in matched]

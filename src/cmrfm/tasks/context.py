@@ -34,13 +34,18 @@ def neighbour_indices(order: Sequence[int], context: int) -> list[list[int]]:
     return [[order[min(max(i + d, 0), n - 1)] for d in range(-context, context + 1)] for i in range(n)]
 
 
-def stack_with_neighbours(images: np.ndarray, groups: Sequence[Any], context: int) -> np.ndarray:
-    """``(N, H, W)`` slices -> ``(N, 2·context + 1, H, W)``; slices of one group are one volume, in order."""
+def group_members(groups: Sequence[Any]) -> list[list[int]]:
+    """Positions of each distinct key of ``groups`` (one key per slice naming its volume), in order."""
     members: dict[Any, list[int]] = defaultdict(list)
     for index, key in enumerate(groups):
         members[key].append(index)
+    return list(members.values())
+
+
+def stack_with_neighbours(images: np.ndarray, groups: Sequence[Any], context: int) -> np.ndarray:
+    """``(N, H, W)`` slices -> ``(N, 2·context + 1, H, W)``; slices of one group are one volume, in order."""
     out = np.empty((len(images), 2 * context + 1, *images.shape[1:]), dtype=images.dtype)
-    for order in members.values():
+    for order in group_members(groups):
         for own, picks in zip(order, neighbour_indices(order, context), strict=True):
             out[own] = images[picks]
     return out
@@ -106,6 +111,17 @@ def expand_patch_embed(weight: torch.Tensor, channels: int, init: str = "zero") 
     """A ``(D, p·p)`` patch projection of 1-channel images -> ``(D, channels·p·p)`` (channel-major)."""
     d, pp = weight.shape
     return expand_channel_weight(weight[:, None], channels, init).reshape(d, channels * pp)
+
+
+def expand_image_convs(
+    source: dict[str, torch.Tensor], own: dict[str, torch.Tensor], channels: int, init: str = "zero"
+) -> dict[str, torch.Tensor]:
+    """``source`` head tensors with its 1-channel image convolutions grown to ``own``'s ``channels``."""
+    out = dict(source)
+    for key, tensor in source.items():
+        if key in own and tensor.ndim == 4 and tensor.shape[1] == 1 and own[key].shape[1] == channels > 1:
+            out[key] = expand_channel_weight(tensor, channels, init)
+    return out
 
 
 def expand_input_channels(backbone: nn.Module, channels: int, init: str = "zero") -> nn.Module:

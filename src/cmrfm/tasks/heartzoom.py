@@ -14,7 +14,6 @@ second pass's class probabilities replace the first's inside the box (:func:`ref
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cmrfm.tasks.context import group_members
 from cmrfm.tasks.mixed import RandomlyChangedItems
 
 #: Smallest zoom-box side as a fraction of the image side (largest zoom 3x).
@@ -104,9 +104,9 @@ def refine_with_zoom(
     """Second pass on the heart of each group of slices; returns the refined probabilities.
 
     Args:
-        predict: ``(n, 1, H, W)`` images -> ``(n, C, H, W)`` class probabilities (the model, with
-            whatever test-time views the caller uses).
-        images: ``(N, 1, H, W)`` the slices of the first pass.
+        predict: ``(n, C_in, H, W)`` images -> ``(n, C, H, W)`` class probabilities (the model,
+            with whatever test-time views the caller uses).
+        images: ``(N, C_in, H, W)`` the inputs of the first pass.
         probs: ``(N, C, H, W)`` first-pass probabilities.
         groups: One key per slice; slices with the same key (a volume) share a zoom box.
         fill: Fraction of the box the heart should fill.
@@ -114,11 +114,8 @@ def refine_with_zoom(
     """
     out = probs.clone()
     heart = np.isin(probs.argmax(dim=1).cpu().numpy(), list(heart_classes))  # (N, H, W)
-    members: dict[Any, list[int]] = defaultdict(list)
-    for index, key in enumerate(groups):
-        members[key].append(index)
     size = images.shape[-1]
-    for index_list in members.values():
+    for index_list in group_members(groups):
         box = heart_box(heart[index_list], fill)
         if box is None:
             continue

@@ -218,8 +218,15 @@ class SegmentationTask(WeightedClassesMixin, Task):
         ce = F.cross_entropy(logits.float(), target, weight=self.class_weight_tensor(logits))
         return cfg.ce_weight * ce + cfg.dice_weight * soft_dice_loss(logits, target)
 
-    #: Class indices whose union is the heart (the box of a heart-zoom pass); all foreground classes.
-    heart_classes: ClassVar[tuple[int, ...] | None] = None
+    @property
+    def heart_classes(self) -> tuple[int, ...]:
+        """Class indices whose union is the heart (training and inference zoom boxes): the foreground."""
+        return tuple(range(1, len(self.info.classes)))
+
+    @property
+    def heart_zoom_fill(self) -> float:
+        """Fill of the heart-zoom pass (``heart_zoom`` of tasks that have it; 0 = no second pass)."""
+        return float(getattr(self.config, "heart_zoom", 0.0) or 0.0)
 
     def _view_probs(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         """``(B, C_in, H, W)`` images -> ``(B, C, H, W)`` class probabilities, mean over test-time views."""
@@ -243,7 +250,7 @@ class SegmentationTask(WeightedClassesMixin, Task):
         """
         model.eval()
         loader = DataLoader(dataset, batch_size=batch_size, collate_fn=self.collate)
-        fill = float(getattr(self.config, "heart_zoom", 0.0))
+        fill = self.heart_zoom_fill
         rows: list[dict[str, Any]] = []
         images, held = [], []  # kept only for the heart-zoom pass, which needs whole volumes
         for batch in loader:
@@ -265,14 +272,13 @@ class SegmentationTask(WeightedClassesMixin, Task):
             else:
                 _finish_rows(rows[first:], probs.numpy(), keep_probs)
         if fill > 0 and rows:
-            heart = self.heart_classes or tuple(range(1, held[0].shape[1]))
             refined = refine_with_zoom(
                 lambda x: self._view_probs(model, x).cpu(),
                 torch.cat(images),
                 torch.cat(held),
                 [row["volume"] for row in rows],
                 fill,
-                heart,
+                self.heart_classes,
             )
             _finish_rows(rows, refined.numpy(), keep_probs)
         return rows

@@ -113,7 +113,9 @@ class LgeSeg(SegmentationTask):
         if train and self.config.lesionmix > 0:
             items = LesionMixItems(items, self.config.lesionmix, self.config.lesionmix_options)
         if train and self.config.heart_zoom > 0:
-            items = HeartZoomItems(items, self.config.heart_zoom_prob, self.config.heart_zoom, (1, 2, 3, 4))
+            items = HeartZoomItems(
+                items, self.config.heart_zoom_prob, self.config.heart_zoom, self.heart_classes
+            )
         return ItemDataset(items, train, self.config.augment)
 
     def load_data(self) -> TaskData:
