@@ -257,3 +257,34 @@ def test_cache_source_and_acdc_group_probe(acdc_root, tmp_path):
         tmp_path, "objective=mae", "steps=2", f"data.sources=[{{kind: cache, path: {tmp_path / 'acdc'}}}]"
     )
     assert pretrain(cfg).steps == 2
+
+
+@pytest.mark.parametrize("objective", ["mae", "dino"])
+def test_init_continues_from_exported_backbone(tmp_path, objective):
+    """init= starts the student (and a DINO teacher) from exported weights; other files are refused."""
+    from cmrfm.pretrain.loop import build_objective
+
+    pretrain(config(tmp_path, "steps=2", "objective=mae", name="first"))
+    weights, _ = export_run(tmp_path / "first", tmp_path / "first.safetensors")
+    loaded, _ = load_backbone(weights)
+
+    fresh = build_objective(config(tmp_path, f"objective={objective}", name="fresh"))
+    cont = build_objective(config(tmp_path, f"objective={objective}", f"init={weights}", name="cont"))
+    assert not states_equal(fresh.backbone.state_dict(), loaded.state_dict())
+    assert states_equal(cont.backbone.state_dict(), loaded.state_dict())
+    if objective == "dino":
+        assert states_equal(cont.teacher_backbone.state_dict(), loaded.state_dict())
+    # the objective's own parts start as in a fresh run of the same seed
+    own = {k: v for k, v in fresh.state_dict().items() if "backbone." not in k}
+    assert own and all(torch.equal(v, cont.state_dict()[k]) for k, v in own.items())
+
+    result = pretrain(config(tmp_path, f"objective={objective}", "steps=2", f"init={weights}", name="cont"))
+    assert result.steps == 2 and torch.isfinite(torch.tensor(result.last_loss))
+    _, card = export_run(tmp_path / "cont", tmp_path / "cont.safetensors")
+    assert card["training_config"]["init"] == str(weights)
+
+    with pytest.raises(InputError, match="another architecture") as err:
+        build_objective(config(tmp_path, "objective=mae", "model.embed_dim=96", f"init={weights}"))
+    assert "first.safetensors" in str(err.value)
+    with pytest.raises(InputError, match="not found"):
+        build_objective(config(tmp_path, "objective=mae", f"init={tmp_path / 'missing.safetensors'}"))

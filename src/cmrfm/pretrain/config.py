@@ -109,6 +109,10 @@ class PretrainConfig:
             resumes later with ``--resume`` (0 = no limit). For fixed-budget runs on shared machines.
         stop_at_step: Stop (after saving a checkpoint) when this step is reached, without changing the
             schedules of ``steps`` (0 = run to the end); e.g. to split a run into sessions.
+        init: Backbone weights (``.safetensors`` from ``cmrfm pretrain``'s export, e.g. the shipped
+            backbone) to start from instead of a random initialisation: continued pretraining on a
+            user's own unlabelled images. The file's architecture must match ``backbone``/``model``;
+            the objective's own parts (MAE decoder, DINO heads) start fresh. Empty = random.
     """
 
     objective: Literal["dino", "mae"] = "dino"
@@ -133,3 +137,4 @@ class PretrainConfig:
     log_every: int = 10
     time_limit_min: float = 0.0
     stop_at_step: int = 0
+    init: str = ""

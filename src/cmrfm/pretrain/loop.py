@@ -26,7 +26,7 @@ from cmrfm.config import save_yaml, to_dict
 from cmrfm.engine.checkpoint import CheckpointManager, rng_state, set_rng_state
 from cmrfm.engine.optim import apply_schedules, build_adamw, clip_gradients, cosine_schedule, param_groups
 from cmrfm.errors import CmrfmError, ConfigError
-from cmrfm.models.factory import architecture, build_backbone
+from cmrfm.models.factory import architecture, build_backbone, load_backbone
 from cmrfm.models.vit import ViTConfig, compile_blocks, vit_config
 from cmrfm.pretrain.config import PretrainConfig
 from cmrfm.pretrain.data import Mixture
@@ -63,9 +63,20 @@ def model_config(cfg: PretrainConfig) -> ViTConfig:
 
 
 def build_objective(cfg: PretrainConfig) -> Objective:
-    """Backbone + objective for ``cfg`` (initialised from ``cfg.seed``)."""
+    """Backbone + objective for ``cfg`` (initialised from ``cfg.seed``, the backbone from ``cfg.init``).
+
+    The backbone weights are loaded before the objective is built, so a DINO teacher starts as a
+    copy of the loaded student.
+
+    Raises:
+        InputError: ``cfg.init`` is missing, unreadable or for another architecture.
+    """
     torch.manual_seed(cfg.seed)
     backbone = build_backbone(model_config(cfg))
+    if cfg.init:
+        with torch.random.fork_rng(devices=[]):  # the objective's own parts start as in a fresh run
+            loaded, _ = load_backbone(cfg.init, expected=backbone.cfg, img_size=backbone.cfg.img_size)
+        backbone.load_state_dict(loaded.state_dict())
     return OBJECTIVES.get(cfg.objective)(backbone, cfg)
 
 
