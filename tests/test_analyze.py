@@ -365,3 +365,64 @@ def test_infarct_presence_threshold_comes_from_the_lge_seg_card(monkeypatch):
     calibrated = assess({"infarct_present_min_ml": 0.3})
     assert calibrated["infarct_present"] is True and "0.3 mL" in calibrated["infarct_present_source"]
     assert calibrated["infarct_pct_of_lv_myocardium"] == pytest.approx(20.0)  # 40 of 200 voxels
+
+
+def test_reidentify_moves_only_classifier_crops_far_from_the_heart(tmp_path, tiny_weights):
+    from cmrfm.clinical import analyze as clinical
+    from cmrfm.clinical.bundle import ModelBundle
+
+    bundle = ModelBundle.load(tiny_weights)
+    study = clinical.load_for_analysis(_write_nifti_study(tmp_path / "s", 3))
+    series = study.series[0]
+    cache = clinical.PreparedCache()
+    first = clinical.identify_series(series, bundle, cache, [])
+    assert first.crop == "first guess" and first.summary()["classified_on"] == "first guess"
+    config = bundle.models["sequence-cls"].preprocess
+    before = cache.get(series, config, frames=[0]).record
+    mm = before.in_spacing[0]  # 1.8 mm pixels
+    near = (before.centre[0] + 5.0 / mm, before.centre[1])  # 5 mm away: the first reading stands
+    assert set(first.read_at) == set(clinical.CLASSIFIER_TASKS) and first.read_at["view-cls"] == before.centre
+    assert clinical.reidentify_on_heart(first, near, bundle, cache, []) is None
+    assert cache.get(series, config, frames=[0]).record.centre == before.centre
+    far = (before.centre[0] + 4.0, before.centre[1] + 3.0)  # 5 source pixels = 9 mm away
+    again = clinical.reidentify_on_heart(first, far, bundle, cache, [])
+    assert again is not None and again.crop == "segmented heart"
+    assert all(centre == pytest.approx(far) for centre in again.read_at.values())
+    for task_id in clinical.CLASSIFIER_TASKS:
+        record = cache.get(series, bundle.models[task_id].preprocess, frames=[0]).record
+        assert record.centre == pytest.approx(far) and record.centre_source == "segmentation"
+
+
+def test_series_misread_off_centre_is_read_again_and_resegmented(tmp_path, tiny_weights, monkeypatch):
+    """A cine stack read as LGE on the first-guess crop is read as cine on its segmented heart,
+    then segmented by sax-seg (not lge-seg) and reported with a warning saying why."""
+    from cmrfm.clinical import analyze as clinical
+    from cmrfm.clinical.bundle import ModelBundle
+    from cmrfm.constants import Sequence, View
+
+    bundle = ModelBundle.load(tiny_weights)
+    study = clinical.load_for_analysis(_write_nifti_study(tmp_path / "s", 4))
+    real_centre = clinical.centre_on_prediction
+
+    def centre_off_by_20mm(series, task_id, bundle, cache, passes=2):
+        real_centre(series, task_id, bundle, cache, passes)
+        record = cache.get(series, bundle.models[task_id].preprocess, frames=[0]).record
+        return (record.centre[0] + 20.0 / record.in_spacing[0], record.centre[1])
+
+    def classifier_right_only_when_centred(series, bundle, cache, warnings):
+        record = cache.get(series, bundle.models["sequence-cls"].preprocess, frames=[0]).record
+        centred = record.centre_source == "segmentation"
+        info = clinical.SeriesInfo(series, Sequence.CINE if centred else Sequence.LGE, View.SAX, "model")
+        info.read_at["sequence-cls"] = record.centre
+        return info
+
+    monkeypatch.setattr(clinical, "centre_on_prediction", centre_off_by_20mm)
+    monkeypatch.setattr(clinical, "identify_series", classifier_right_only_when_centred)
+    result = clinical.analyze(study, bundle)
+    assert all(info.sequence == Sequence.CINE and info.crop == "segmented heart" for info in result.infos)
+    assert [run.task_id for run in result.runs.values()] == ["sax-seg"]  # ED+ES as one pseudo-cine
+    assert not result.lge and "lge" not in result.measurements
+    assert result.measurements["lv_edv_ml"] is not None
+    reread = [w for w in result.measurements["warnings"] if "segmented heart" in w]
+    assert len(reread) == len(study.series) and "first read as lge sax" in reread[0]
+    assert all(s["classified_on"] == "segmented heart" for s in result.measurements["series"])

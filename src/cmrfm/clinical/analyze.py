@@ -5,6 +5,9 @@
 1. Series identification: sequence and view from the classifiers when their weights exist, else
    the reader's guess (DICOM header / sidecar keywords), else an assumption for image-only NIfTI
    (stacks of ≥ :data:`MIN_SAX_SLICES` slices are taken as cine SAX); quality grade per series.
+   After segmentation (step 2-4) has found each series' heart, the series is read again on crops
+   centred there when its first crops lay off it (:func:`reidentify_on_heart`); a reading that
+   changes the segmentation task makes the study be segmented again.
 2. Cine SAX: the crop re-centred on the heart a first segmentation finds (training crops are
    centred on the labelled heart); every slice of every frame segmented in batched forwards on
    one preprocessing plan per series; post-processing (:mod:`cmrfm.clinical.postprocess`); masks
@@ -96,6 +99,12 @@ QUALITY_FRAMES = 3
 OVERRIDE_CONFIDENCE = 0.8
 #: Without a reader hint, a classifier is believed only from this confidence on (else assumed).
 MIN_CONFIDENCE = 0.5
+#: A series is classified again, on crops centred on the heart its segmentation found, when that
+#: heart lies at least this far (mm) from the centre of a classifier's first crop: the image
+#: classifiers lose accuracy off-centre (0.98 -> 0.76 for sequence-cls at 36 mm; RESULTS.md,
+#: "Image classifiers on off-centre crops").
+RECLASSIFY_SHIFT_MM = 6.0
+CLASSIFIER_TASKS = ("sequence-cls", "view-cls", "quality-cls")
 #: Quality class names (lower case) taken as below diagnostic quality.
 NON_DIAGNOSTIC_GRADES = frozenset(
     {"non-diagnostic", "nondiagnostic", "poor", "3", "grade3", "grade_3", "severe"}
@@ -267,6 +276,8 @@ class SeriesInfo:
     view_confidence: float | None = None
     quality: dict[str, Any] | None = None
     alias: tuple[str, int] | None = None  # (cine series name, frame) when a duplicate of a cine frame
+    crop: str = "first guess"  # where the classifiers' crop was centred ("first guess", "segmented heart")
+    read_at: dict[str, tuple[float, float]] = field(default_factory=dict)  # task -> crop centre (x, y)
 
     def summary(self) -> dict[str, Any]:
         """The ``series`` entry of measurements.json."""
@@ -279,6 +290,7 @@ class SeriesInfo:
             "sequence_confidence": _finite(self.sequence_confidence, 3),
             "view_confidence": _finite(self.view_confidence, 3),
             "source": self.source,
+            "classified_on": self.crop,
             "shape": list(self.series.shape),
             "quality": self.quality,
         }
@@ -298,6 +310,8 @@ class SegRun:
         entropy: ``(T, Z, H, W)`` normalised predictive entropy of the plain (un-flipped) pass.
         label_ids: Internal label id of each model class.
         parts: For a pseudo-cine: the input series of each frame.
+        heart_centre: Source ``(x, y)`` of the heart the re-centring segmentation found (None when
+            it found none or was not run).
     """
 
     series: Series
@@ -309,6 +323,7 @@ class SegRun:
     entropy: np.ndarray
     label_ids: np.ndarray
     parts: list[Series] = field(default_factory=list)
+    heart_centre: tuple[float, float] | None = None
 
     def grid_images(self, t: int) -> np.ndarray:
         """``(Z, H, W)`` model-grid images of frame ``t``."""
@@ -422,6 +437,7 @@ def identify_series(
         if not bundle.has(task_id):
             continue
         prepared = cache.get(series, bundle.models[task_id].preprocess, frames=[0])
+        info.read_at[task_id] = prepared.record.centre
         images = prepared.images[0][_mid_slices(series.num_slices, CLASSIFY_SLICES)]
         value, confidence = _classify_enum(bundle, task_id, images, enum)
         hint = getattr(info, attr)
@@ -454,14 +470,62 @@ def identify_series(
         )
     if bundle.has("quality-cls"):
         frames = list(range(min(QUALITY_FRAMES, series.num_frames)))
-        info.quality = _quality_entry(
-            bundle, cache.get(series, bundle.models["quality-cls"].preprocess, frames)
-        )
+        prepared = cache.get(series, bundle.models["quality-cls"].preprocess, frames)
+        info.read_at["quality-cls"] = prepared.record.centre
+        info.quality = _quality_entry(bundle, prepared)
         if not info.quality["diagnostic"]:
             warnings.append(
                 f"series {series.name}: image quality graded {info.quality['grade']} (below diagnostic)"
             )
     return info
+
+
+def _offset_mm(a: tuple[float, float], b: tuple[float, float], spacing: tuple[float, float]) -> float:
+    """Distance (mm) between two source points ``(x, y)`` with in-plane ``spacing``."""
+    return math.hypot((a[0] - b[0]) * spacing[0], (a[1] - b[1]) * spacing[1])
+
+
+def reidentify_on_heart(
+    info: SeriesInfo,
+    centre: tuple[float, float],
+    bundle: ModelBundle,
+    cache: PreparedCache,
+    warnings: list[str],
+) -> SeriesInfo | None:
+    """Sequence, view and quality read again on crops centred on the heart a segmentation found.
+
+    The first reading (:func:`identify_series`) crops around a heuristic centre, which can sit
+    20-40 mm off the heart (a single frame has no motion to find it by); the classifiers were
+    trained on crops centred on the labelled heart and lose accuracy off-centre. When any crop of
+    the first reading (``info.read_at``) lay :data:`RECLASSIFY_SHIFT_MM` or more from the segmented
+    heart, the classifier crops still that far from it are moved there (a crop the segmentation's
+    re-centring already moved, shared by an identical preprocessing plan, stays where it is) and
+    the series is read again.
+
+    Args:
+        info: The first reading of the series.
+        centre: Source ``(x, y)`` of its segmented heart (from this series or one on its grid).
+        bundle: Loaded models.
+        cache: The study's preprocessing cache (classifier crops are moved in place).
+        warnings: Receives the new reading's warnings.
+
+    Returns:
+        The new reading (``crop == "segmented heart"``), or None when every crop of the first
+        reading was already within that distance (the first reading stands).
+    """
+    series = info.series
+    records = {t: cache.get(series, bundle.models[t].preprocess, frames=[0]).record for t in info.read_at}
+    if all(
+        _offset_mm(read, centre, records[t].in_spacing) < RECLASSIFY_SHIFT_MM
+        for t, read in info.read_at.items()
+    ):
+        return None
+    for task_id, record in records.items():
+        if _offset_mm(record.centre, centre, record.in_spacing) >= RECLASSIFY_SHIFT_MM:
+            cache.recentre(series, bundle.models[task_id].preprocess, centre, "segmentation")
+    again = identify_series(series, bundle, cache, warnings)
+    again.crop = "segmented heart"
+    return again
 
 
 # ----------------------------------------------------------------------------- segmentation
@@ -595,8 +659,9 @@ def segment_series(
     ``recentre_passes`` passes on frame 0; 0 keeps the heuristic crop).
     """
     loaded = bundle.models[task_id]
-    if recentre_passes:
-        centre_on_prediction(series, task_id, bundle, cache, recentre_passes)
+    centre = (
+        centre_on_prediction(series, task_id, bundle, cache, recentre_passes) if recentre_passes else None
+    )
     prepared = cache.get(series, loaded.preprocess)
     frames = sorted(prepared.images)
     stack = np.stack([prepared.images[t] for t in frames])  # (T, Z, H, W)
@@ -625,7 +690,80 @@ def segment_series(
         entropy=pred.ood_entropy().reshape(t_n, z_n, h, w).astype(np.float16),
         label_ids=label_ids,
         parts=list(parts or []),
+        heart_centre=centre,
     )
+
+
+@dataclass
+class StudySegmentation:
+    """The segmentation runs of one study's series (see :func:`segment_study`).
+
+    Attributes:
+        runs: Run per segmented series name (a pseudo-cine under its combined name).
+        cine_run: The cine SAX run used for function (most frames, then most slices).
+        lge_runs: The LGE runs.
+        lge_series: Every series read as LGE (segmented or not).
+        aliased: Single frames that duplicate a frame of a 4D cine (not segmented again).
+    """
+
+    runs: dict[str, SegRun]
+    cine_run: SegRun | None
+    lge_runs: list[SegRun]
+    lge_series: list[Series]
+    aliased: list[SeriesInfo]
+
+    def heart_centre(self, info: SeriesInfo) -> tuple[float, float] | None:
+        """Source ``(x, y)`` of the heart segmented in ``info``'s series, or on its grid."""
+        run = self.runs.get(info.series.name)
+        if run is None:
+            run = next((r for r in self.runs.values() if any(p is info.series for p in r.parts)), None)
+        if run is None and info.alias is not None:
+            run = self.runs.get(info.alias[0])
+        return None if run is None else run.heart_centre
+
+
+def seg_task_for(info: SeriesInfo) -> str | None:
+    """The segmentation task a reading calls for (None for series no task segments)."""
+    family = _view_family(info.view)
+    return SEG_TASKS.get((info.sequence, family)) if info.sequence and family else None
+
+
+def segment_study(
+    infos: list[SeriesInfo], bundle: ModelBundle, cache: PreparedCache, warnings: list[str]
+) -> StudySegmentation:
+    """Segments every series with the task its reading calls for (cine SAX grouped into cines)."""
+    runs: dict[str, SegRun] = {}
+    # Cine SAX: 4D cines and pseudo-cines of single frames.
+    sax_groups, aliased = group_sax_frames(infos)
+    cine_run: SegRun | None = None
+    if sax_groups and not bundle.has("sax-seg"):
+        warnings.append("no sax-seg weights: cine SAX segmentation, volumes, EF, mass skipped")
+    if bundle.has("sax-seg"):
+        for series, parts in sax_groups:
+            runs[series.name] = segment_series(series, "sax-seg", bundle, cache, parts)
+        if runs:
+            cine_run = max(runs.values(), key=lambda r: (r.series.num_frames, r.series.num_slices))
+    if not sax_groups:
+        warnings.append("no cine SAX series found: no volumes or EF")
+    # Other segmentations: LAX cine, LGE, maps.
+    lge_runs: list[SegRun] = []
+    lge_series: list[Series] = []
+    for info in infos:
+        if info.sequence == Sequence.CINE and _view_family(info.view) == "sax":
+            continue
+        if info.sequence == Sequence.LGE:
+            lge_series.append(info.series)
+        task_id = seg_task_for(info)
+        if task_id is None:
+            continue
+        if not bundle.has(task_id):
+            warnings.append(f"no {task_id} weights: {info.series.name} not segmented")
+            continue
+        run = segment_series(info.series, task_id, bundle, cache)
+        runs[info.series.name] = run
+        if info.sequence == Sequence.LGE:
+            lge_runs.append(run)
+    return StudySegmentation(runs, cine_run, lge_runs, lge_series, aliased)
 
 
 # ----------------------------------------------------------------------------- measurements
@@ -931,39 +1069,30 @@ def analyze(study: Study, bundle: ModelBundle, options: AnalyzeOptions | None = 
             f"untrained (random) weights for {', '.join(untrained)}: their outputs are meaningless"
         )
     cache = PreparedCache()
-    infos = [identify_series(s, bundle, cache, warnings) for s in study.series]
-    runs: dict[str, SegRun] = {}
-    # Cine SAX: 4D cines and pseudo-cines of single frames.
-    sax_groups, aliased = group_sax_frames(infos)
-    cine_run: SegRun | None = None
-    if sax_groups and not bundle.has("sax-seg"):
-        warnings.append("no sax-seg weights: cine SAX segmentation, volumes, EF, mass skipped")
-    if bundle.has("sax-seg"):
-        for series, parts in sax_groups:
-            runs[series.name] = segment_series(series, "sax-seg", bundle, cache, parts)
-        if runs:
-            cine_run = max(runs.values(), key=lambda r: (r.series.num_frames, r.series.num_slices))
-    if not sax_groups:
-        warnings.append("no cine SAX series found: no volumes or EF")
-    # Other segmentations: LAX cine, LGE, maps.
-    lge_runs: list[SegRun] = []
-    lge_series: list[Series] = []
-    for info in infos:
-        family = _view_family(info.view)
-        if info.sequence == Sequence.CINE and family == "sax":
+    readings: list[list[str]] = [[] for _ in study.series]  # each series' identification warnings
+    infos = [identify_series(s, bundle, cache, w) for s, w in zip(study.series, readings, strict=True)]
+    seg_warnings: list[str] = []
+    seg = segment_study(infos, bundle, cache, seg_warnings)
+    # read each series again on its segmented heart; segment again if that changes a series' task
+    redo = False
+    for index, info in enumerate(infos):
+        centre = seg.heart_centre(info)
+        again: list[str] = []
+        new = None if centre is None else reidentify_on_heart(info, centre, bundle, cache, again)
+        if new is None:
             continue
-        if info.sequence == Sequence.LGE:
-            lge_series.append(info.series)
-        task_id = SEG_TASKS.get((info.sequence, family)) if info.sequence and family else None
-        if task_id is None:
-            continue
-        if not bundle.has(task_id):
-            warnings.append(f"no {task_id} weights: {info.series.name} not segmented")
-            continue
-        run = segment_series(info.series, task_id, bundle, cache)
-        runs[info.series.name] = run
-        if info.sequence == Sequence.LGE:
-            lge_runs.append(run)
+        if (new.sequence, new.view) != (info.sequence, info.view):
+            again.append(
+                f"series {info.series.name}: read as {new.sequence} {new.view} on a crop centred on its "
+                f"segmented heart (first read as {info.sequence} {info.view} on the first-guess crop)"
+            )
+        redo = redo or seg_task_for(new) != seg_task_for(info)
+        infos[index], readings[index] = new, again
+    if redo:
+        seg_warnings = []
+        seg = segment_study(infos, bundle, cache, seg_warnings)
+    warnings += [w for reading in readings for w in reading] + seg_warnings
+    runs, cine_run, lge_runs = seg.runs, seg.cine_run, seg.lge_runs
     m: dict[str, Any] = {"study": study.study_id, "cmrfm_version": __version__}
     if options.keep_identifiers:
         m["source"] = study.source
@@ -986,9 +1115,9 @@ def analyze(study: Study, bundle: ModelBundle, options: AnalyzeOptions | None = 
             m["uncertainty"] = {"cine": cine_run.structure_uncertainty(frames)}
             ood_runs.append((cine_run, frames))
     m.setdefault("diagnosis", {"label": None, "probabilities": {}, "reason": "no ED/ES segmentation"})
-    if lge_series:
+    if seg.lge_series:
         lge_list = []
-        for series in lge_series:
+        for series in seg.lge_series:
             run = next((r for r in lge_runs if r.series is series), None)
             lge_list.append(lge_assessment(run, series, bundle, cache))
             if run is not None:
@@ -1019,7 +1148,9 @@ def analyze(study: Study, bundle: ModelBundle, options: AnalyzeOptions | None = 
     m["ood"] = ood_assessment(ood_runs, [i.series for i in infos], bundle)
     if m["ood"]["flag"]:
         warnings.append("input flagged out-of-distribution: " + "; ".join(m["ood"]["reasons"]))
-    m["aliases"] = {i.series.name: {"series": i.alias[0], "frame": i.alias[1]} for i in aliased if i.alias}
+    m["aliases"] = {
+        i.series.name: {"series": i.alias[0], "frame": i.alias[1]} for i in seg.aliased if i.alias
+    }
     m["model"] = {
         "weights_folder": str(bundle.folder) if options.keep_identifiers else bundle.folder.name,
         "tasks": bundle.versions(),
