@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from results import machine_line, replace_section, weight_folders
+from results import machine_line, publish, weight_folders
 from scipy import ndimage
 from torch.utils.data import Dataset
 
@@ -31,7 +31,7 @@ from cmrfm import metrics
 from cmrfm.engine.finetune import build_task, load_task_model
 
 ROOT = Path(__file__).resolve().parents[1]
-HEADING = "## Image classifiers on off-centre crops (benchmarks/cls_shift_robustness.py)"
+TITLE = "Image classifiers on off-centre crops (benchmarks/cls_shift_robustness.py)"
 DEFAULT_TASKS = ("sequence-cls", "view-cls")
 
 
@@ -126,22 +126,12 @@ def main(argv: list[str] | None = None) -> None:
             print(lines[-1], flush=True)
     given = argv if argv is not None else sys.argv[1:]
     command = "python benchmarks/cls_shift_robustness.py " + shlex.join(given)
-    text = "\n".join(
-        [
-            HEADING,
-            "",
-            machine_line(command.strip()),
-            "",
-            f"Cohort: {args.sim_subjects} simulated subjects of seed {args.sim_seed} (never trained on), "
-            f"every image of every class; accuracy (balanced accuracy) per shift of the prepared crop; "
-            f"{time.perf_counter() - started:.0f} s.",
-            "",
-            *lines,
-        ]
+    cohort = (
+        f"Cohort: {args.sim_subjects} simulated subjects of seed {args.sim_seed} (never trained on), "
+        f"every image of every class; accuracy (balanced accuracy) per shift of the prepared crop; "
+        f"{time.perf_counter() - started:.0f} s."
     )
-    print(text)
-    if args.write:
-        replace_section(HEADING, text)
+    publish(TITLE, [machine_line(command.strip()), cohort, "\n".join(lines)], args.write)
 
 
 if __name__ == "__main__":

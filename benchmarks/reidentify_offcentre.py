@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from results import machine_line, update_section
+from results import machine_line, publish
 
 from cmrfm.clinical import analyze as clinical
 from cmrfm.clinical.bundle import ModelBundle
@@ -133,21 +133,14 @@ def main(argv: list[str] | None = None) -> None:
             f"{first_view} / {final_view} | {sum(r['reread'] for r in results)} | {error} |"
         )
     given = argv if argv is not None else sys.argv[1:]
-    body = "\n".join(
-        [
-            machine_line(("python benchmarks/reidentify_offcentre.py " + shlex.join(given)).strip()),
-            "",
-            f"Weights: `{args.weights.name}/`. {args.subjects} simulated subjects (seeds {args.sim_seed}-"
-            f"{args.sim_seed + args.subjects - 1}, {args.frames} frames, SAX cine, LGE, T1 and T2 maps); "
-            f"every series' first-guess crop moved `shift` pixels off its true heart centre in a random "
-            f"direction; counts of series read right; {time.perf_counter() - started:.0f} s.",
-            "",
-            *lines,
-        ]
+    command = ("python benchmarks/reidentify_offcentre.py " + shlex.join(given)).strip()
+    cohort = (
+        f"Weights: `{args.weights.name}/`. {args.subjects} simulated subjects (seeds {args.sim_seed}-"
+        f"{args.sim_seed + args.subjects - 1}, {args.frames} frames, SAX cine, LGE, T1 and T2 maps); "
+        f"every series' first-guess crop moved `shift` pixels off its true heart centre in a random "
+        f"direction; counts of series read right; {time.perf_counter() - started:.0f} s."
     )
-    print(body)
-    if args.write:
-        update_section(TITLE, body)
+    publish(TITLE, [machine_line(command), cohort, "\n".join(lines)], args.write)
 
 
 if __name__ == "__main__":

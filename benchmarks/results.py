@@ -38,6 +38,19 @@ def update_section(title: str, body: str, path: Path = RESULTS) -> None:
     replace_section(heading, f"{heading}\n\n{body.strip()}\n", path)
 
 
+def publish(title: str, blocks: list[str], write: bool, path: Path = RESULTS) -> str:
+    """Prints a section body (``blocks`` joined by blank lines); with ``write`` it becomes ``## title``.
+
+    Returns:
+        The body.
+    """
+    body = "\n\n".join(block.strip("\n") for block in blocks)
+    print(body)
+    if write:
+        update_section(title, body, path)
+    return body
+
+
 def machine_line(command: str) -> str:
     """``Machine: ... Date: ... Command: `...`.`` for the head of a section."""
     return (

@@ -97,7 +97,7 @@ def test_feature_classifiers_separate_separable_groups():
         assert (classify(x[::2], y[::2], x[1::2]) == y[1::2]).all()
 
 
-def test_landmark_benchmark_matches_swapped_points_and_picks_mid_slices():
+def test_landmark_benchmark_matches_swapped_points_and_picks_mid_slices(tmp_path):
     import numpy as np
 
     bench = _script("landmarks_vs_mask")
@@ -113,6 +113,13 @@ def test_landmark_benchmark_matches_swapped_points_and_picks_mid_slices():
     assert results.named_paths(["x=a/b.safetensors"], "--seg") == {"x": Path("a/b.safetensors")}
     with pytest.raises(SystemExit, match="expected NAME=FILE"):
         results.named_paths(["nameless"], "--seg", "FILE")
+    target = tmp_path / "RESULTS.md"
+    target.write_text("# Benchmark results\n\n## T\n\nold\n\n## Other\n\nkept\n")
+    body = results.publish("T", ["line 1\n", "| a |\n|---|"], write=False, path=target)
+    assert body == "line 1\n\n| a |\n|---|"
+    assert "old" in target.read_text()  # write=False only prints
+    results.publish("T", ["new"], write=True, path=target)
+    assert target.read_text() == "# Benchmark results\n\n## T\n\nnew\n\n## Other\n\nkept\n"
 
 
 def test_shift_robustness_moves_the_image_and_names_the_worst_confusion():
