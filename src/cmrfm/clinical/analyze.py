@@ -732,6 +732,8 @@ def segment_study(
     infos: list[SeriesInfo], bundle: ModelBundle, cache: PreparedCache, warnings: list[str]
 ) -> StudySegmentation:
     """Segments every series with the task its reading calls for (cine SAX grouped into cines)."""
+    for info in infos:
+        info.alias = None  # set again by the grouping below (a second pass must not keep stale ones)
     runs: dict[str, SegRun] = {}
     # Cine SAX: 4D cines and pseudo-cines of single frames.
     sax_groups, aliased = group_sax_frames(infos)
