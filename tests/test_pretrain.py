@@ -278,10 +278,14 @@ def test_init_continues_from_exported_backbone(tmp_path, objective):
     own = {k: v for k, v in fresh.state_dict().items() if "backbone." not in k}
     assert own and all(torch.equal(v, cont.state_dict()[k]) for k, v in own.items())
 
-    result = pretrain(config(tmp_path, f"objective={objective}", "steps=2", f"init={weights}", name="cont"))
+    cont_cfg = (f"objective={objective}", "steps=4", f"init={weights}")
+    result = pretrain(config(tmp_path, *cont_cfg, "stop_at_step=2", name="cont"))
     assert result.steps == 2 and torch.isfinite(torch.tensor(result.last_loss))
     _, card = export_run(tmp_path / "cont", tmp_path / "cont.safetensors")
     assert card["training_config"]["init"] == str(weights)
+    moved = weights.rename(tmp_path / "moved.safetensors")  # a resume needs the checkpoint, not the init
+    assert pretrain(config(tmp_path, *cont_cfg, name="cont"), resume=True).steps == 4
+    weights = moved.rename(weights)
 
     with pytest.raises(InputError, match="another architecture") as err:
         build_objective(config(tmp_path, "objective=mae", "model.embed_dim=96", f"init={weights}"))

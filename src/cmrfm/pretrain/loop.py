@@ -62,18 +62,23 @@ def model_config(cfg: PretrainConfig) -> ViTConfig:
         raise ConfigError(f"model: {err}") from None
 
 
-def build_objective(cfg: PretrainConfig) -> Objective:
+def build_objective(cfg: PretrainConfig, load_init: bool = True) -> Objective:
     """Backbone + objective for ``cfg`` (initialised from ``cfg.seed``, the backbone from ``cfg.init``).
 
     The backbone weights are loaded before the objective is built, so a DINO teacher starts as a
     copy of the loaded student.
+
+    Args:
+        cfg: The run configuration.
+        load_init: Read ``cfg.init`` (False when a checkpoint will replace every weight anyway, so a
+            resumed run does not need the init file any more).
 
     Raises:
         InputError: ``cfg.init`` is missing, unreadable or for another architecture.
     """
     torch.manual_seed(cfg.seed)
     backbone = build_backbone(model_config(cfg))
-    if cfg.init:
+    if cfg.init and load_init:
         with torch.random.fork_rng(devices=[]):  # the objective's own parts start as in a fresh run
             loaded, _ = load_backbone(cfg.init, expected=backbone.cfg, img_size=backbone.cfg.img_size)
         backbone.load_state_dict(loaded.state_dict())
@@ -163,13 +168,13 @@ class RunResult:
 class Trainer:
     """Sets up and runs one pretraining run (see :func:`pretrain`)."""
 
-    def __init__(self, cfg: PretrainConfig, ctx: DistContext) -> None:
+    def __init__(self, cfg: PretrainConfig, ctx: DistContext, load_init: bool = True) -> None:
         self.cfg, self.ctx = cfg, ctx
         self.run_dir = Path(cfg.out)
         self.ckpt = CheckpointManager(self.run_dir / "checkpoints", keep=cfg.keep_checkpoints)
         if cfg.steps <= 0 and cfg.time_limit_min <= 0:
             raise ConfigError("steps=0 plans the run from a time budget: also set time_limit_min > 0")
-        self.objective = build_objective(cfg).to(ctx.device)
+        self.objective = build_objective(cfg, load_init).to(ctx.device)
         self.dtype = resolve_precision(cfg.precision, ctx.device)
         groups = param_groups(self.objective, cfg.optim.weight_decay, no_weight_decay=NO_DECAY)
         self.optimizer = build_adamw(groups, cfg.optim)
@@ -540,7 +545,8 @@ def pretrain(cfg: PretrainConfig, resume: bool = False) -> RunResult:
                 raise ConfigError(f"{run_dir} already holds a run; pass --resume or choose another out=")
             save_yaml(cfg, run_dir / "config.yaml")
         barrier()
-        trainer = Trainer(cfg, ctx)
+        resuming = resume and (run_dir / "checkpoints" / CheckpointManager.LAST).exists()
+        trainer = Trainer(cfg, ctx, load_init=not resuming)
         if resume and trainer.ckpt.exists():
             trainer.resume()
             trainer._report(f"resumed from step {trainer.start_step}")
