@@ -34,6 +34,7 @@ REQUIRED_KEYS = (
     "model",
 )
 TINY = {"embed_dim": 32, "depth": 2, "num_heads": 2}
+CLASSIFIERS = ("sequence-cls", "view-cls", "quality-cls")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -381,14 +382,14 @@ def test_reidentify_moves_only_classifier_crops_far_from_the_heart(tmp_path, tin
     before = cache.get(series, config, frames=[0]).record
     mm = before.in_spacing[0]  # 1.8 mm pixels
     near = (before.centre[0] + 5.0 / mm, before.centre[1])  # 5 mm away: the first reading stands
-    assert set(first.read_at) == set(clinical.CLASSIFIER_TASKS) and first.read_at["view-cls"] == before.centre
+    assert set(first.read_at) == set(CLASSIFIERS) and first.read_at["view-cls"] == before.centre
     assert clinical.reidentify_on_heart(first, near, bundle, cache, []) is None
     assert cache.get(series, config, frames=[0]).record.centre == before.centre
     far = (before.centre[0] + 4.0, before.centre[1] + 3.0)  # 5 source pixels = 9 mm away
     again = clinical.reidentify_on_heart(first, far, bundle, cache, [])
     assert again is not None and again.crop == "segmented heart"
     assert all(centre == pytest.approx(far) for centre in again.read_at.values())
-    for task_id in clinical.CLASSIFIER_TASKS:
+    for task_id in CLASSIFIERS:
         record = cache.get(series, bundle.models[task_id].preprocess, frames=[0]).record
         assert record.centre == pytest.approx(far) and record.centre_source == "segmentation"
 

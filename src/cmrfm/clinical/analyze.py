@@ -104,7 +104,6 @@ MIN_CONFIDENCE = 0.5
 #: classifiers lose accuracy off-centre (0.98 -> 0.76 for sequence-cls at 36 mm; RESULTS.md,
 #: "Image classifiers on off-centre crops").
 RECLASSIFY_SHIFT_MM = 6.0
-CLASSIFIER_TASKS = ("sequence-cls", "view-cls", "quality-cls")
 #: Quality class names (lower case) taken as below diagnostic quality.
 NON_DIAGNOSTIC_GRADES = frozenset(
     {"non-diagnostic", "nondiagnostic", "poor", "3", "grade3", "grade_3", "severe"}

@@ -17,7 +17,7 @@ from cmrfm.data.preprocess import PreprocessRecord
 from cmrfm.errors import ConfigError
 from cmrfm.tasks.augment import AugmentConfig
 from cmrfm.tasks.base import TaskData, TaskInfo, register_task
-from cmrfm.tasks.context import ContextItems
+from cmrfm.tasks.context import CHANNEL_INITS, ContextItems
 from cmrfm.tasks.heartzoom import HeartZoomItems
 from cmrfm.tasks.items import ItemDataset, phantom_slice
 from cmrfm.tasks.kinds import SegmentationConfig, SegmentationTask
@@ -73,6 +73,11 @@ class LgeSegConfig(SegmentationConfig):
             raise ConfigError(f"task_options.heart_zoom_prob must be in [0, 1], got {self.heart_zoom_prob}")
         if self.context_slices < 0:
             raise ConfigError(f"task_options.context_slices must be >= 0, got {self.context_slices}")
+        if self.context_init not in CHANNEL_INITS:
+            choices = ", ".join(CHANNEL_INITS)
+            raise ConfigError(
+                f"task_options.context_init must be one of {choices}; got {self.context_init!r}"
+            )
 
 
 def lge_item(item: dict[str, Any], record: PreprocessRecord) -> dict[str, Any]:
