@@ -67,6 +67,20 @@ def _table(rows: list[dict[str, str]], column: str) -> list[str]:
     return lines
 
 
+def _via_line(rows: list[dict[str, str]]) -> list[str]:
+    """For a ``--via`` sweep: which segmentation runs it worked from, and their budget."""
+    if not rows[0].get("via_run"):
+        return []
+    folders = sorted({Path(r["via_run"]).parents[1].name for r in rows})
+    steps = sorted({r["via_steps"] for r in rows})
+    minutes = sum(float(r["via_seconds"]) for r in rows) / 60
+    return [
+        f"Each run works from the segmentation run of its method, k and seed in `{', '.join(folders)}` "
+        f"(`--via`; {'/'.join(steps)} steps each, {minutes:.0f} min of segmentation training in all, "
+        "on the labels of the same k subjects); the method names that segmentation's start."
+    ]
+
+
 def section(rows: list[dict[str, str]], sweep: Path, plot_name: str, extra: tuple[str, ...] = ()) -> str:
     """The markdown body: budget, table (and one per ``extra`` metric), paired gains, plot."""
     methods, ks, _ = summarise(rows)
@@ -80,6 +94,7 @@ def section(rows: list[dict[str, str]], sweep: Path, plot_name: str, extra: tupl
         f"{first['image_size']} px; k labelled training subjects drawn (nested, stratified) from the "
         f"training part of fold {first['fold']}, evaluated on that fold's held-out subjects; "
         f"metric `{first['metric']}` (mean ± sd over seeds, n = seeds finished).",
+        *_via_line(rows),
         "",
         *_table(rows, "value"),
     ]

@@ -55,6 +55,14 @@ def test_fewshot_summary_pairs_seeds_and_tolerates_a_partial_sweep():
     assert "`accuracy`" in body and "| scratch | 0.750 ± 0.000 (n=2) |" in body
     with pytest.raises(SystemExit, match="no metric 'kappa'"):
         script.section(rows, Path("sweep"), "p.png", ("kappa",))
+    assert "--via" not in body
+    # a --via sweep names the segmentation sweep and adds up its training time (60 s x 7 runs)
+    for row in rows:
+        row.update(
+            via_run=f"/x/seg-sweep/{row['method']}/k1_s{row['seed']}", via_steps="600", via_seconds="60"
+        )
+    via = script.section(rows, Path("sweep"), "p.png")
+    assert "in `seg-sweep` (`--via`; 600 steps each, 7 min of segmentation training in all" in via
     # a second sweep of the same task (another budget) keeps the first one's section and plot
     assert script.section_names("sax-seg") == (
         "Few-shot label efficiency: sax-seg (`cmrfm fewshot`)",

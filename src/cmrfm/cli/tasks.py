@@ -166,6 +166,13 @@ def fewshot(
     collect_only: bool = typer.Option(
         False, "--collect-only", help="Train nothing: tabulate and plot the finished runs of --out."
     ),
+    via: Path = typer.Option(
+        None,
+        "--via",
+        help="A finished segmentation sweep (same --k, --seeds, fold): each run works from the "
+        "segmentation run of its method, k and seed (disease-cls: features of its masks; "
+        "lge-infarct: its scar). --init is then not needed.",
+    ),
     overrides: list[str] = typer.Argument(None, help=_KV_HELP + " Applied to every run."),
 ) -> None:
     """Label-efficiency sweep: pretrained vs scratch vs baseline over k labelled subjects and seeds."""
@@ -173,7 +180,7 @@ def fewshot(
 
     ks = [0 if v.strip() == "all" else int(v) for v in k.split(",") if v.strip()]
     chosen = [m.strip() for m in methods.split(",") if m.strip()]
-    if init is None and "pretrained" in chosen:
+    if init is None and "pretrained" in chosen and via is None:
         chosen.remove("pretrained")
         typer.echo("no --init given: skipping the 'pretrained' method")
     base = _finetune_config(task, init, None, [], overrides)
@@ -186,6 +193,7 @@ def fewshot(
             base=base,
             metric=metric,
             train_missing=not collect_only,
+            via=str(via) if via else "",
         )
     )
     for method, by_k in summarise(rows).items():

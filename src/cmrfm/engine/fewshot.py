@@ -5,6 +5,12 @@ init) and ``baseline`` (the task's conventional model). Every run is an ordinary
 in ``OUT/<method>/k<k>_s<seed>``, evaluated on the same held-out fold; a run whose ``metrics.json``
 exists is reused, so an interrupted sweep resumes. The sweep writes ``OUT/fewshot.csv`` (one row
 per run, with its budget) and ``OUT/fewshot.png`` (primary metric vs k, mean ± sd over seeds).
+
+With ``via`` (a finished sweep of a segmentation task over the same k, seeds and fold), each run
+works from the segmentation run of its method, k and seed: the product's route for tasks whose
+head decides from drawn masks (``disease-cls`` from the shape and function of the predicted ED/ES
+masks, ``lge-infarct`` from the scar the ``lge-seg`` decoder draws). The method then names the
+segmentation model the labelled subjects trained; both runs use the same k subjects (checked).
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from cmrfm.engine.finetune import FinetuneConfig, finetune
+from cmrfm.engine.checkpoint import load_weights
+from cmrfm.engine.finetune import FinetuneConfig, build_task, finetune, split_subjects
 from cmrfm.errors import ConfigError
 from cmrfm.tasks import TASKS
 
@@ -41,6 +48,8 @@ class FewshotConfig:
             class at small k); empty = the task's primary metric. Every metric lands in the CSV.
         train_missing: Train the runs that have not finished; ``False`` only collects the
             finished ones (the CSV and plot of a stopped sweep, or of one split over processes).
+        via: A finished segmentation sweep folder (``<via>/<method>/k<k>_s<seed>/model.safetensors``)
+            whose runs this sweep's runs work from (see the module docstring); empty = none.
     """
 
     ks: list[int] = field(default_factory=lambda: [1, 2, 5, 10, 20, 0])
@@ -50,20 +59,75 @@ class FewshotConfig:
     base: FinetuneConfig = field(default_factory=FinetuneConfig)
     metric: str = ""
     train_missing: bool = True
+    via: str = ""
+
+
+def _run_name(k: int, seed: int) -> str:
+    return f"k{k or 'all'}_s{seed}"
 
 
 def _run_config(cfg: FewshotConfig, method: str, k: int, seed: int) -> FinetuneConfig:
-    out = Path(cfg.out) / method / f"k{k or 'all'}_s{seed}"
+    out = Path(cfg.out) / method / _run_name(k, seed)
     run = dataclasses.replace(cfg.base, k_subjects=k, seed=seed, out=str(out), resume=True)
+    if method not in METHODS:
+        raise ConfigError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    if cfg.via:
+        return _via_config(cfg, run, method)
     if method == "pretrained":
         if not cfg.base.init:
             raise ConfigError("method 'pretrained' needs base.init=<backbone.safetensors>")
         return dataclasses.replace(run, model="vit")
     if method == "scratch":
         return dataclasses.replace(run, model="vit", init=None)
-    if method == "baseline":
-        return dataclasses.replace(run, model="baseline", init=None, mode="full")
-    raise ConfigError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    return dataclasses.replace(run, model="baseline", init=None, mode="full")
+
+
+def _via_weights(cfg: FewshotConfig, method: str, k: int, seed: int) -> Path:
+    """The segmentation model of ``via`` for this method, k and seed (ConfigError when unfinished)."""
+    weights = Path(cfg.via) / method / _run_name(k, seed) / "model.safetensors"
+    if not weights.is_file():
+        raise ConfigError(
+            f"{weights.parent}: no finished segmentation run for method {method}, "
+            f"k={k or 'all'}, seed {seed}; run that sweep first "
+            f"(cmrfm fewshot --out {cfg.via} with the same --k, --seeds and fold)"
+        )
+    return weights
+
+
+def _via_config(cfg: FewshotConfig, run: FinetuneConfig, method: str) -> FinetuneConfig:
+    """``run`` linked to its segmentation run: the task's :meth:`~cmrfm.tasks.base.Task.segmentation_link`."""
+    weights = _via_weights(cfg, method, run.k_subjects, run.seed)
+    card = load_weights(weights)[1]
+    if card.get("fold") != run.fold or card.get("seed") != run.seed:
+        raise ConfigError(
+            f"{weights}: trained on fold {card.get('fold')}, seed {card.get('seed')}; this run is "
+            f"fold {run.fold}, seed {run.seed}"
+        )
+    link = build_task(run.task, run.task_options).segmentation_link(str(weights), card)
+    return dataclasses.replace(
+        run,
+        model="vit",
+        init=link.get("init"),
+        task_options={**run.task_options, **link.get("task_options", {})},
+    )
+
+
+def check_same_subjects(cfg: FewshotConfig, seg_task: str) -> None:
+    """Raises ConfigError unless ``seg_task`` and the sweep's task draw the same k subjects per seed.
+
+    A linked run must train its head on the subjects whose labels trained the segmentation.
+    """
+    tasks = build_task(seg_task), build_task(cfg.base.task)
+    seg_data, own_data = (t.synthetic_data() if cfg.base.synthetic else t.load_data() for t in tasks)
+    for k in cfg.ks:
+        for seed in range(cfg.seeds):
+            run = dataclasses.replace(cfg.base, k_subjects=k, seed=seed)
+            seg_split = split_subjects(seg_data, dataclasses.replace(run, task=seg_task))
+            if seg_split != split_subjects(own_data, run):
+                raise ConfigError(
+                    f"{seg_task} and {cfg.base.task} draw different subjects at k={k or 'all'}, seed {seed}: "
+                    f"--via needs both tasks on the same subjects and strata"
+                )
 
 
 def run_fewshot(cfg: FewshotConfig, progress: bool = True) -> list[dict[str, Any]]:
@@ -71,6 +135,10 @@ def run_fewshot(cfg: FewshotConfig, progress: bool = True) -> list[dict[str, Any
     if not cfg.base.task:
         raise ConfigError("no task given: set base.task=<id>")
     primary = cfg.metric or TASKS.get(cfg.base.task).info.metric
+    if cfg.via and cfg.train_missing:
+        _run_config(cfg, cfg.methods[0], cfg.ks[0], 0)  # raises unless the task works from this model
+        first = _via_weights(cfg, cfg.methods[0], cfg.ks[0], 0)
+        check_same_subjects(cfg, str(load_weights(first)[1].get("task")))
     rows: list[dict[str, Any]] = []
     # k outermost, methods innermost: a sweep stopped early still compares methods like for like
     for k in cfg.ks:
@@ -97,11 +165,14 @@ def run_fewshot(cfg: FewshotConfig, progress: bool = True) -> list[dict[str, Any
                         "seed": seed,
                         "metric": primary,
                         "value": result["metrics"].get(primary, float("nan")),
-                        "steps": run.steps,
+                        "steps": _card_value(run.out, "steps", run.steps),
                         "batch_size": run.batch_size,
                         "image_size": run.image_size,
                         "fold": run.fold,
-                        "seconds": round(_train_seconds(run.out, time.perf_counter() - started), 1),
+                        "seconds": round(
+                            _card_value(run.out, "train_seconds", time.perf_counter() - started), 1
+                        ),
+                        **_via_columns(cfg, method, k, seed),
                         **{f"m_{name}": v for name, v in result["metrics"].items()},
                     }
                 )
@@ -112,13 +183,32 @@ def run_fewshot(cfg: FewshotConfig, progress: bool = True) -> list[dict[str, Any
     return rows
 
 
-def _train_seconds(run_out: str, fallback: float) -> float:
-    """The run's training time from its model card (so a reused run keeps its cost), else ``fallback``."""
+def _via_columns(cfg: FewshotConfig, method: str, k: int, seed: int) -> dict[str, Any]:
+    """The linked segmentation run's folder and budget (none without ``via``)."""
+    if not cfg.via:
+        return {}
+    weights = _via_weights(cfg, method, k, seed)
+    seg_run = weights.parent
+    card = load_weights(weights)[1]
+    return {
+        "via_run": str(seg_run),
+        "via_steps": card.get("steps"),
+        "via_seconds": _card_value(str(seg_run), "train_seconds", float("nan")),
+    }
+
+
+def _card_value(run_out: str, key: str, fallback: float) -> float:
+    """A number from the run's model card, else ``fallback``.
+
+    Reused runs so keep their training time, and ``steps`` is what a run took (0 for a head fitted
+    exactly rather than by gradient steps).
+    """
     card = Path(run_out) / "model.json"
     try:
-        return float(json.loads(card.read_text())["train_seconds"])
+        value = json.loads(card.read_text())[key]
     except (OSError, ValueError, KeyError, TypeError):
         return fallback
+    return value if isinstance(value, int | float) else fallback
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from cmrfm.errors import ConfigError
 from cmrfm.registry import Registry
 
 TaskKind = Literal["segmentation", "classification", "landmarks"]
@@ -163,6 +164,25 @@ class Task(ABC):
         Returns True when it did (the engine then takes no gradient steps); the default never does.
         """
         return False
+
+    def segmentation_link(self, weights: str, card: dict[str, Any]) -> dict[str, Any]:
+        """Run settings that make this task work from a fine-tuned segmentation model's output.
+
+        Tasks whose product head decides from drawn masks (disease from cardiac shape and
+        function, infarct from drawn scar) override this, so a few-shot sweep can give every run
+        the segmentation run of the same labelled subjects (``cmrfm fewshot --via``).
+
+        Args:
+            weights: The segmentation model (``model.safetensors`` of a finished run).
+            card: Its model card.
+
+        Returns:
+            Overrides of the fine-tuning config: ``init`` and/or ``task_options`` entries.
+
+        Raises:
+            ConfigError: The task cannot start from a segmentation model, or not from this one.
+        """
+        raise ConfigError(f"task {self.info.id} does not work from a segmentation model (no --via)")
 
     @abstractmethod
     def loss(self, outputs: dict[str, torch.Tensor], batch: dict[str, Any]) -> torch.Tensor:

@@ -2,10 +2,12 @@
 
 Each item is one patient: the ED and ES slices (attention-pooled image embeddings) plus shape and
 function features computed from ED/ES segmentations (:mod:`cmrfm.clinical.features`). The features
-come from the manual labels (``features=labels``) or from a CSV (``features=file``), e.g. the
-features of out-of-fold *predicted* masks that ``benchmarks/analyze_acdc_cv.py`` writes: study
-analysis computes them from predicted masks, so a head trained on those sees at training time the
-errors it will meet (a segmentation that over-calls myocardial mass, say).
+come from the manual labels (``features=labels``), from a CSV (``features=file``), e.g. the
+features of out-of-fold *predicted* masks that ``benchmarks/analyze_acdc_cv.py`` writes, or from
+the masks a given ``sax-seg`` model draws on the ED/ES stacks (``features=segmentation``, computed
+for the subjects a run uses, when it uses them). Study analysis computes them from predicted
+masks, so a head trained on those sees at training time the errors it will meet (a segmentation
+that over-calls myocardial mass, say).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from cmrfm.tasks.augment import AugmentConfig
 from cmrfm.tasks.base import TaskData, TaskInfo, register_task
 from cmrfm.tasks.items import ItemDataset, phantom_slice
 from cmrfm.tasks.kinds import ClassificationConfig, ClassificationTask, StudyClassifier
+from cmrfm.tasks.sax_seg import SAX_LABELS
 from cmrfm.tasks.sources import prepared_cache
 
 GROUPS = tuple(g.value for g in Group)
@@ -42,10 +45,13 @@ class DiseaseConfig(ClassificationConfig):
     Attributes:
         root: ACDC training folder (default locations when empty).
         cache: A prepared ACDC cache (made on first use when empty).
-        features: ``labels`` (from the manual ED/ES labels), ``file`` (rows of ``features_file``) or
+        features: ``labels`` (from the manual ED/ES labels), ``file`` (rows of ``features_file``),
+            ``segmentation`` (from the masks the ``sax-seg`` model ``seg_weights`` draws) or
             ``none`` (images only).
         features_file: CSV with a ``subject`` column and one column per feature name
             (:data:`~cmrfm.clinical.features.FEATURE_NAMES`), used when ``features=file``.
+        seg_weights: A ``sax-seg`` task model (``model.safetensors`` of a fine-tuning run), used
+            when ``features=segmentation``.
         images: Look at the ED/ES images too (attention-pooled backbone embeddings); ``false``
             classifies from the features alone (no backbone pass, seconds to train).
         max_images: Slices per training item (random subset of the ED+ES slices).
@@ -61,8 +67,9 @@ class DiseaseConfig(ClassificationConfig):
 
     root: str = ""
     cache: str = ""
-    features: Literal["labels", "file", "none"] = "labels"
+    features: Literal["labels", "file", "segmentation", "none"] = "labels"
     features_file: str = ""
+    seg_weights: str = ""
     images: bool = True
     max_images: int = 8
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -123,6 +130,46 @@ def _stack(rows: list[tuple[int, np.ndarray]]) -> np.ndarray:
     return np.stack([a for _, a in sorted(rows, key=lambda r: r[0])], axis=-1)  # (H, W, Z)
 
 
+class MaskFeatures:
+    """Disease features of the ED/ES masks a ``sax-seg`` model draws (``features=segmentation``).
+
+    Args:
+        weights: The ``sax-seg`` task model (a ViT run or a ``model=baseline`` run).
+
+    Raises:
+        InputError: ``weights`` is missing, not a task model, or a model of another task.
+    """
+
+    def __init__(self, weights: str | Path) -> None:
+        from cmrfm.engine.finetune import load_task_model  # the engine imports the tasks
+
+        if not Path(weights).is_file():
+            raise InputError(weights, "features=segmentation needs task_options.seg_weights, a sax-seg model")
+        self.model, card = load_task_model(weights)
+        if card["task"] != "sax-seg":
+            raise InputError(
+                weights, f"features=segmentation needs a sax-seg model, this one is {card['task']!r}"
+            )
+        self.weights = Path(weights)
+        self._label_ids = np.asarray(SAX_LABELS, np.uint8)  # class index -> internal label id
+
+    @torch.no_grad()
+    def masks(self, stack: np.ndarray, batch_size: int = 16) -> np.ndarray:
+        """``(H, W, Z)`` images -> ``(H, W, Z)`` internal labels (the model's arg-max per slice)."""
+        slices = torch.as_tensor(np.ascontiguousarray(stack.transpose(2, 0, 1)), dtype=torch.float32)
+        # slices: (Z, H, W)
+        classes = []
+        for start in range(0, len(slices), batch_size):
+            x = slices[start : start + batch_size, None]  # (B, 1, H, W)
+            probs = self.model.task.view_probs(self.model, x)  # (B, C, H, W)
+            classes.append(probs.argmax(dim=1).numpy())
+        return self._label_ids[np.concatenate(classes)].transpose(1, 2, 0)  # (H, W, Z)
+
+    def __call__(self, ed_images: np.ndarray, es_images: np.ndarray, pixel: float, dz: float) -> np.ndarray:
+        """The :data:`FEATURE_NAMES` vector of the predicted ED and ES masks."""
+        return disease_features(self.masks(ed_images), self.masks(es_images), pixel, dz)
+
+
 @register_task
 class DiseaseCls(ClassificationTask):
     """Cardiac disease group per patient."""
@@ -140,11 +187,16 @@ class DiseaseCls(ClassificationTask):
     #: Subject -> feature vector read from ``features_file`` (``features=file``).
     feature_rows: dict[str, np.ndarray] = {}  # noqa: RUF012 (replaced per instance, never mutated)
 
+    def __init__(self, config: DiseaseConfig | None = None) -> None:
+        super().__init__(config)
+        self._stacks: dict[str, tuple[np.ndarray, np.ndarray, float, float]] = {}
+        self._mask_features: MaskFeatures | None = None
+
     @property
     def uses_images(self) -> bool:  # type: ignore[override]
         """Whether the classifier looks at the images (``images=true``)."""
         if not self.config.images and self.config.features == "none":
-            raise ConfigError("disease-cls with images=false needs features (labels or file)")
+            raise ConfigError("disease-cls with images=false needs features (labels, file or segmentation)")
         return bool(self.config.images)
 
     @property
@@ -166,7 +218,7 @@ class DiseaseCls(ClassificationTask):
         if self.config.images or self.config.feature_hidden != 0 or self.config.features == "none":
             raise ConfigError(
                 "task_options.solver=lbfgs fits logistic regression on features alone: "
-                "set images=false, feature_hidden=0 and features=labels or file"
+                "set images=false, feature_hidden=0 and features=labels, file or segmentation"
             )
         head = getattr(model, "head", None)
         if not isinstance(head, StudyClassifier) or head.pool is not None:
@@ -185,6 +237,12 @@ class DiseaseCls(ClassificationTask):
             head.fc.bias.copy_(torch.as_tensor(bias))
         return True
 
+    def segmentation_link(self, weights: str, card: dict[str, Any]) -> dict[str, Any]:
+        """Features from the masks the ``sax-seg`` model ``weights`` draws (``features=segmentation``)."""
+        if card.get("task") != "sax-seg":
+            raise ConfigError(f"{weights}: disease-cls works from a sax-seg model, not {card.get('task')!r}")
+        return {"task_options": {"features": "segmentation", "seg_weights": str(weights)}}
+
     def _item(self, subject: str, group: str, phases: dict[str, dict[str, list]], pixel: float, dz: float):
         ed_img, es_img = _stack(phases["ED"]["image"]), _stack(phases["ES"]["image"])
         images = np.concatenate([ed_img, es_img], axis=-1).transpose(2, 0, 1)  # (S, H, W)
@@ -199,12 +257,23 @@ class DiseaseCls(ClassificationTask):
             item["features"] = disease_features(ed, es, pixel, dz)
         elif self.config.features == "file":
             item["features"] = self.feature_rows.get(subject)
+        elif self.config.features == "segmentation":
+            item["features"] = None  # drawn when a run first uses the subject (see _task_data)
+            self._stacks[subject] = (ed_img, es_img, pixel, dz)
         return item
+
+    def _prepare_features(self) -> None:
+        """Reads the feature table or loads the segmentation model the config names."""
+        self._stacks.clear()
+        self._mask_features = None
+        if self.config.features == "file":
+            self.feature_rows = read_feature_table(Path(self.config.features_file))
+        elif self.config.features == "segmentation":
+            self._mask_features = MaskFeatures(self.config.seg_weights)
 
     def load_data(self) -> TaskData:
         """One item per ACDC patient with ED and ES labelled stacks."""
-        if self.config.features == "file":
-            self.feature_rows = read_feature_table(Path(self.config.features_file))
+        self._prepare_features()
         cache = prepared_cache("acdc", self.config.root, self.config.cache).filter(labelled=True)
         grouped: dict[str, dict[str, dict[str, list]]] = defaultdict(
             lambda: {"ED": {"image": [], "label": []}, "ES": {"image": [], "label": []}}
@@ -228,7 +297,11 @@ class DiseaseCls(ClassificationTask):
 
     def _task_data(self, items: dict[str, dict[str, Any]], description: str) -> TaskData:
         """TaskData over per-subject items; checks that ``features=file`` covered every subject."""
-        missing = sorted(s for s, item in items.items() if "features" in item and item["features"] is None)
+        missing = sorted(
+            s
+            for s, item in items.items()
+            if "features" in item and item["features"] is None and s not in self._stacks
+        )
         if missing:
             raise InputError(
                 self.config.features_file,
@@ -237,6 +310,9 @@ class DiseaseCls(ClassificationTask):
         subjects = sorted(items)
 
         def make(ids: Sequence[str], train: bool) -> ItemDataset:
+            for s in ids:
+                if s in self._stacks and items[s]["features"] is None:  # features=segmentation
+                    items[s]["features"] = self._mask_features(*self._stacks.pop(s))
             return ItemDataset(
                 [items[s] for s in ids], train, self.config.augment, max_images=self.config.max_images
             )
@@ -253,8 +329,7 @@ class DiseaseCls(ClassificationTask):
             "HCM": (0.1, 0.14),
             "ARV": (0.15, 0.07),
         }
-        if self.config.features == "file":
-            self.feature_rows = read_feature_table(Path(self.config.features_file))
+        self._prepare_features()
         items = {}
         for i in range(num_subjects):
             group = GROUPS[i % len(GROUPS)]

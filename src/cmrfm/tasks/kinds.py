@@ -228,7 +228,7 @@ class SegmentationTask(WeightedClassesMixin, Task):
         """Fill of the heart-zoom pass (``heart_zoom`` of tasks that have it; 0 = no second pass)."""
         return float(getattr(self.config, "heart_zoom", 0.0) or 0.0)
 
-    def _view_probs(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    def view_probs(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         """``(B, C_in, H, W)`` images -> ``(B, C, H, W)`` class probabilities, mean over test-time views."""
         flips = TTA_FLIPS if self.config.test_time_flips else TTA_FLIPS[:1]
         probs = 0.0
@@ -254,7 +254,7 @@ class SegmentationTask(WeightedClassesMixin, Task):
         rows: list[dict[str, Any]] = []
         images, held = [], []  # kept only for the heart-zoom pass, which needs whole volumes
         for batch in loader:
-            probs = self._view_probs(model, batch["image"]).cpu()  # (B, C, H, W)
+            probs = self.view_probs(model, batch["image"]).cpu()  # (B, C, H, W)
             first = len(rows)
             for i in range(len(probs)):
                 rows.append(
@@ -273,7 +273,7 @@ class SegmentationTask(WeightedClassesMixin, Task):
                 _finish_rows(rows[first:], probs.numpy(), keep_probs)
         if fill > 0 and rows:
             refined = refine_with_zoom(
-                lambda x: self._view_probs(model, x).cpu(),
+                lambda x: self.view_probs(model, x).cpu(),
                 torch.cat(images),
                 torch.cat(held),
                 [row["volume"] for row in rows],

@@ -96,6 +96,23 @@ class LgeInfarct(ClassificationTask):
             decoder, scar, myo, len(CLASSES), freeze_decoder=self.config.freeze_decoder
         )
 
+    def segmentation_link(self, weights: str, card: dict[str, Any]) -> dict[str, Any]:
+        """``head=scar`` started from the ``lge-seg`` ViT model ``weights`` (its backbone and decoder)."""
+        if card.get("task") != "lge-seg":
+            raise ConfigError(f"{weights}: lge-infarct works from an lge-seg model, not {card.get('task')!r}")
+        if (card.get("architecture") or {}).get("name") == "baseline":
+            raise ConfigError(
+                f"{weights}: head=scar reads a ViT decoder's scar; this lge-seg model is the conventional "
+                "baseline (sweep the ViT methods only: --methods pretrained,scratch)"
+            )
+        seg_config = card.get("task_config") or {}
+        if int(seg_config.get("context_slices", 0)) > 0:
+            raise ConfigError(
+                f"{weights}: head=scar reads single slices; this lge-seg model takes 2.5D context"
+            )
+        skips = seg_config.get("conv_skip_stages", self.config.conv_skip_stages)
+        return {"init": str(weights), "task_options": {"head": "scar", "conv_skip_stages": int(skips)}}
+
     def forward(self, backbone: nn.Module, head: nn.Module, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Class logits and attention over slices."""
         if self.config.head != "scar":
