@@ -109,7 +109,13 @@ def test_fewshot_subset_of_training_fold(tmp_path):
     task = TASKS.get("sax-seg")()
     data = task.synthetic_data(num_subjects=8)
     train, held = split_subjects(data, _cfg(tmp_path, k_subjects=2, folds=4))
-    assert len(train) == 2 and not set(train) & set(held)
+    assert len(train) == 2 and len(held) == 2 and not set(train) & set(held)
+    # eval_unused: the same 2 training subjects; every other subject is evaluated, held-out fold first
+    wide_train, wide_held = split_subjects(data, _cfg(tmp_path, k_subjects=2, folds=4, eval_unused=True))
+    assert wide_train == train and wide_held[:2] == held
+    assert sorted(wide_train + wide_held) == sorted(data.subjects)
+    with pytest.raises(ConfigError, match="set k_subjects"):
+        split_subjects(data, _cfg(tmp_path, folds=4, eval_unused=True))
 
 
 def test_init_from_another_task_model_transfers_matching_head(tmp_path):
