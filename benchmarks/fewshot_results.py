@@ -67,6 +67,24 @@ def _table(rows: list[dict[str, str]], column: str) -> list[str]:
     return lines
 
 
+def _budget(row: dict[str, str]) -> str:
+    """A run's training budget in words."""
+    if row["steps"] == "0":
+        return f"the head fitted exactly (no gradient steps) at {row['image_size']} px"
+    return f"{row['steps']} steps × batch {row['batch_size']} at {row['image_size']} px"
+
+
+def _evaluated_on(rows: list[dict[str, str]]) -> str:
+    """Which subjects the runs were evaluated on (``eval_unused`` widens it beyond the fold)."""
+    if rows[0].get("eval_unused") != "True":
+        return "that fold's held-out subjects"
+    counts = sorted({int(float(r["eval_subjects"])) for r in rows})
+    return (
+        "every subject the run did not train on (`eval_unused=true`: the held-out fold plus the rest "
+        f"of its training part, {counts[0]}-{counts[-1]} subjects)"
+    )
+
+
 def _via_line(rows: list[dict[str, str]]) -> list[str]:
     """For a ``--via`` sweep: which segmentation runs it worked from, and their budget."""
     if not rows[0].get("via_run"):
@@ -90,9 +108,8 @@ def section(rows: list[dict[str, str]], sweep: Path, plot_name: str, extra: tupl
         f"Machine: {platform.processor() or platform.machine()}; date {datetime.now(UTC):%Y-%m-%d}. "
         f"Sweep folder `{sweep.name}`, {len(rows)} runs, {minutes:.0f} min of training in all (on a "
         "shared 2-core machine).",
-        f"Budget of every run: {first['steps']} steps × batch {first['batch_size']} at "
-        f"{first['image_size']} px; k labelled training subjects drawn (nested, stratified) from the "
-        f"training part of fold {first['fold']}, evaluated on that fold's held-out subjects; "
+        f"Budget of every run: {_budget(first)}; k labelled training subjects drawn (nested, "
+        f"stratified) from the training part of fold {first['fold']}, evaluated on {_evaluated_on(rows)}; "
         f"metric `{first['metric']}` (mean ± sd over seeds, n = seeds finished).",
         *_via_line(rows),
         "",

@@ -63,6 +63,13 @@ def test_fewshot_summary_pairs_seeds_and_tolerates_a_partial_sweep():
         )
     via = script.section(rows, Path("sweep"), "p.png")
     assert "in `seg-sweep` (`--via`; 600 steps each, 7 min of segmentation training in all" in via
+    assert "100 steps × batch 4 at 128 px" in via and "that fold's held-out subjects" in via
+    # a head fitted exactly, evaluated on every subject left out (89-98 of them)
+    for row, count in zip(rows, (98, 97, 89, 90, 95, 92, 91), strict=True):
+        row.update(steps="0", eval_unused="True", eval_subjects=str(count))
+    wide = script.section(rows, Path("sweep"), "p.png")
+    assert "the head fitted exactly (no gradient steps) at 128 px" in wide
+    assert "every subject the run did not train on (`eval_unused=true`" in wide and "89-98 subjects" in wide
     # a second sweep of the same task (another budget) keeps the first one's section and plot
     assert script.section_names("sax-seg") == (
         "Few-shot label efficiency: sax-seg (`cmrfm fewshot`)",

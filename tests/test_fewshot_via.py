@@ -73,11 +73,14 @@ def test_lge_infarct_sweep_via_an_lge_seg_sweep(tmp_path):
     """Each lge-infarct run starts its scar head from the lge-seg run of the same method, k, seed."""
     seg = _sweep(tmp_path, "lge-seg", ["scratch"], task_options={"conv_skip_stages": 1})
     run_fewshot(seg, progress=False)
-    cfg = _sweep(tmp_path, "lge-infarct", ["scratch"])
+    cfg = _sweep(tmp_path, "lge-infarct", ["scratch"], eval_unused=True)
     cfg.via = seg.out
     rows = run_fewshot(cfg, progress=False)
     seg_run = tmp_path / "lge-seg" / "scratch" / "k1_s0"
     assert rows[0]["via_run"] == str(seg_run) and rows[0]["via_steps"] == 1
+    # evaluated on every case but the one it trained on
+    cases = build_task("lge-infarct").synthetic_data().subjects
+    assert rows[0]["eval_unused"] is True and rows[0]["eval_subjects"] == len(cases) - 1
     config = (tmp_path / "lge-infarct" / "scratch" / "k1_s0" / "config.yaml").read_text()
     assert f"init: {seg_run / 'model.safetensors'}" in config
     assert "head: scar" in config and "conv_skip_stages: 1" in config  # read from the lge-seg card

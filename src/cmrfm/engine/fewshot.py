@@ -169,6 +169,8 @@ def run_fewshot(cfg: FewshotConfig, progress: bool = True) -> list[dict[str, Any
                         "batch_size": run.batch_size,
                         "image_size": run.image_size,
                         "fold": run.fold,
+                        "eval_unused": run.eval_unused,
+                        "eval_subjects": _card_value(run.out, "eval_subjects", float("nan")),
                         "seconds": round(
                             _card_value(run.out, "train_seconds", time.perf_counter() - started), 1
                         ),
