@@ -69,6 +69,8 @@ def _table(rows: list[dict[str, str]], column: str) -> list[str]:
 
 def _budget(row: dict[str, str]) -> str:
     """A run's training budget in words."""
+    if row.get("decision"):
+        return row["decision"]
     if row["steps"] == "0":
         return f"the head fitted exactly (no gradient steps) at {row['image_size']} px"
     return f"{row['steps']} steps × batch {row['batch_size']} at {row['image_size']} px"

@@ -153,3 +153,19 @@ def test_shift_robustness_moves_the_image_and_names_the_worst_confusion():
     confusion = np.array([[8, 2, 0], [5, 5, 0], [0, 0, 10]])
     assert module.worst_confusion(confusion, ("cine", "lge", "t1map")) == "lge → cine (5 of 10)"
     assert module.worst_confusion(np.eye(3, dtype=int) * 4, ("a", "b", "c")) == "none"
+
+
+def test_scar_presence_rule_and_soft_volume_ranking():
+    script = _script("fewshot_scar_presence")
+    rows = [
+        {"present": 1, "ml_pred": 2.0, "ml_soft": 3.0},  # drawn: found
+        {"present": 1, "ml_pred": 0.0, "ml_soft": 0.4},  # nothing drawn, some probability
+        {"present": 0, "ml_pred": 1.5, "ml_soft": 0.2},  # a false scar drawn
+        {"present": 0, "ml_pred": 0.0, "ml_soft": 0.1},
+    ]
+    scores = script.presence_scores(rows, min_ml=1.0)
+    assert scores["accuracy"] == pytest.approx(0.5)  # rows 1 and 4 right
+    assert scores["balanced_accuracy"] == pytest.approx(0.5)
+    # soft volumes {3, 0.4} vs {0.2, 0.1}: every positive above every negative
+    assert scores["auroc"] == pytest.approx(1.0)
+    assert np.isnan(script.presence_scores(rows[:2])["auroc"])  # one class only
