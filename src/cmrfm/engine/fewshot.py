@@ -202,8 +202,8 @@ def _via_columns(cfg: FewshotConfig, method: str, k: int, seed: int) -> dict[str
 def _card_value(run_out: str, key: str, fallback: float) -> float:
     """A number from the run's model card, else ``fallback``.
 
-    Reused runs so keep their training time, and ``steps`` is what a run took (0 for a head fitted
-    exactly rather than by gradient steps).
+    A reused run thus keeps its training time, and ``steps`` is what a run took (0 for a head
+    fitted exactly rather than by gradient steps).
     """
     card = Path(run_out) / "model.json"
     try:
