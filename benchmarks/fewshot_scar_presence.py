@@ -27,10 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from cmrfm import metrics
 from cmrfm.clinical.analyze import MIN_INFARCT_ML
+from cmrfm.config import load_yaml
+from cmrfm.engine.checkpoint import load_card
 from cmrfm.engine.fewshot import plot_curves, write_csv
 from cmrfm.engine.finetune import FinetuneConfig, build_task, load_task_model, split_subjects
 
@@ -49,7 +50,7 @@ def case_rows(run: Path, data: Any) -> list[dict[str, Any]]:
     The drawn volume counts the pixels whose arg-max is infarct or MVO; the soft volume sums those
     classes' probabilities, so it still ranks cases when a model draws no scar anywhere.
     """
-    config = yaml.safe_load((run / "config.yaml").read_text())
+    config = load_yaml(run / "config.yaml")
     split = FinetuneConfig(
         task="lge-seg",
         fold=config["fold"],
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             rows = case_rows(run, data)
             write_csv(rows, cache)
         seconds = time.perf_counter() - started
-        config = yaml.safe_load((run / "config.yaml").read_text())
+        config = load_yaml(run / "config.yaml")
         scores = presence_scores(rows)
         k = config["k_subjects"] or "all"
         table.append(
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                 "eval_subjects": len(rows),
                 "via_run": str(run),
                 "via_steps": config["steps"],
-                "via_seconds": float(yaml.safe_load((run / "model.json").read_text())["train_seconds"]),
+                "via_seconds": float(load_card(run / "model.safetensors")["train_seconds"]),
                 **{f"m_{key}": value for key, value in scores.items()},
             }
         )

@@ -177,34 +177,48 @@ def save_weights(
     return path
 
 
-def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Reads a safetensors file and its card (the JSON beside it, else the embedded metadata).
+def load_card(path: str | Path) -> dict[str, Any]:
+    """The model card of a safetensors file (the JSON beside it, else the embedded metadata).
+
+    Reads no tensors, so it is cheap for callers that only need the card.
 
     Raises:
         InputError: Missing file, unreadable file, or no model card anywhere.
     """
     from safetensors import safe_open
-    from safetensors.torch import load_file
 
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "weights file not found")
+    side = card_path(path)
+    if side.is_file():
+        try:
+            return json.loads(side.read_text())
+        except json.JSONDecodeError as err:
+            raise InputError(side, f"model card is not valid JSON ({err})") from None
     try:
-        tensors = load_file(str(path))
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
     except Exception as err:
         raise InputError(path, f"not a readable safetensors file ({err})") from None
-    side = card_path(path)
-    if side.is_file():
-        try:
-            card = json.loads(side.read_text())
-        except json.JSONDecodeError as err:
-            raise InputError(side, f"model card is not valid JSON ({err})") from None
-    elif CARD_METADATA_KEY in metadata:
-        card = json.loads(metadata[CARD_METADATA_KEY])
-    else:
-        raise InputError(path, f"no model card: neither {side.name} beside it nor embedded metadata")
+    if CARD_METADATA_KEY in metadata:
+        return json.loads(metadata[CARD_METADATA_KEY])
+    raise InputError(path, f"no model card: neither {side.name} beside it nor embedded metadata")
+
+
+def load_weights(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Reads a safetensors file and its card (:func:`load_card`).
+
+    Raises:
+        InputError: Missing file, unreadable file, or no model card anywhere.
+    """
+    from safetensors.torch import load_file
+
+    card = load_card(path)
+    try:
+        tensors = load_file(str(path))
+    except Exception as err:
+        raise InputError(path, f"not a readable safetensors file ({err})") from None
     return tensors, card
 
 

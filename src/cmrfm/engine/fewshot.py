@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from cmrfm.engine.checkpoint import load_weights
+from cmrfm.engine.checkpoint import load_card
 from cmrfm.engine.finetune import FinetuneConfig, build_task, finetune, split_subjects
 from cmrfm.errors import ConfigError
 from cmrfm.tasks import TASKS
@@ -82,8 +82,12 @@ def _run_config(cfg: FewshotConfig, method: str, k: int, seed: int) -> FinetuneC
     return dataclasses.replace(run, model="baseline", init=None, mode="full")
 
 
-def _via_weights(cfg: FewshotConfig, method: str, k: int, seed: int) -> Path:
-    """The segmentation model of ``via`` for this method, k and seed (ConfigError when unfinished)."""
+def _via_run(cfg: FewshotConfig, method: str, k: int, seed: int) -> tuple[Path, dict[str, Any]]:
+    """The segmentation model of ``via`` for this method, k and seed, and its card.
+
+    Raises:
+        ConfigError: That run has not finished.
+    """
     weights = Path(cfg.via) / method / _run_name(k, seed) / "model.safetensors"
     if not weights.is_file():
         raise ConfigError(
@@ -91,13 +95,12 @@ def _via_weights(cfg: FewshotConfig, method: str, k: int, seed: int) -> Path:
             f"k={k or 'all'}, seed {seed}; run that sweep first "
             f"(cmrfm fewshot --out {cfg.via} with the same --k, --seeds and fold)"
         )
-    return weights
+    return weights, load_card(weights)
 
 
 def _via_config(cfg: FewshotConfig, run: FinetuneConfig, method: str) -> FinetuneConfig:
     """``run`` linked to its segmentation run: the task's :meth:`~cmrfm.tasks.base.Task.segmentation_link`."""
-    weights = _via_weights(cfg, method, run.k_subjects, run.seed)
-    card = load_weights(weights)[1]
+    weights, card = _via_run(cfg, method, run.k_subjects, run.seed)
     if card.get("fold") != run.fold or card.get("seed") != run.seed:
         raise ConfigError(
             f"{weights}: trained on fold {card.get('fold')}, seed {card.get('seed')}; this run is "
@@ -137,8 +140,7 @@ def run_fewshot(cfg: FewshotConfig, progress: bool = True) -> list[dict[str, Any
     primary = cfg.metric or TASKS.get(cfg.base.task).info.metric
     if cfg.via and cfg.train_missing:
         _run_config(cfg, cfg.methods[0], cfg.ks[0], 0)  # raises unless the task works from this model
-        first = _via_weights(cfg, cfg.methods[0], cfg.ks[0], 0)
-        check_same_subjects(cfg, str(load_weights(first)[1].get("task")))
+        check_same_subjects(cfg, str(_via_run(cfg, cfg.methods[0], cfg.ks[0], 0)[1].get("task")))
     rows: list[dict[str, Any]] = []
     # k outermost, methods innermost: a sweep stopped early still compares methods like for like
     for k in cfg.ks:
@@ -189,9 +191,8 @@ def _via_columns(cfg: FewshotConfig, method: str, k: int, seed: int) -> dict[str
     """The linked segmentation run's folder and budget (none without ``via``)."""
     if not cfg.via:
         return {}
-    weights = _via_weights(cfg, method, k, seed)
+    weights, card = _via_run(cfg, method, k, seed)
     seg_run = weights.parent
-    card = load_weights(weights)[1]
     return {
         "via_run": str(seg_run),
         "via_steps": card.get("steps"),

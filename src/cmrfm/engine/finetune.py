@@ -233,9 +233,9 @@ def _channel_init(task: Task) -> str:
 
 
 def _is_task_model(path: str | Path) -> bool:
-    from cmrfm.engine.checkpoint import load_weights
+    from cmrfm.engine.checkpoint import load_card
 
-    return load_weights(path)[1].get("format") == TASK_MODEL_FORMAT
+    return load_card(path).get("format") == TASK_MODEL_FORMAT
 
 
 def _transfer_from_task_model(task: Task, cfg: FinetuneConfig) -> tuple[TaskModel, dict[str, Any]]:

@@ -150,7 +150,6 @@ class MaskFeatures:
             raise InputError(
                 weights, f"features=segmentation needs a sax-seg model, this one is {card['task']!r}"
             )
-        self.weights = Path(weights)
         self._label_ids = np.asarray(SAX_LABELS, np.uint8)  # class index -> internal label id
 
     @torch.no_grad()
