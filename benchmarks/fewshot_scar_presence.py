@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ import numpy as np
 
 from cmrfm import metrics
 from cmrfm.clinical.analyze import MIN_INFARCT_ML
-from cmrfm.config import load_yaml
+from cmrfm.config import build_config
 from cmrfm.engine.checkpoint import load_card
 from cmrfm.engine.fewshot import plot_curves, write_csv
 from cmrfm.engine.finetune import FinetuneConfig, build_task, load_task_model, split_subjects
@@ -44,22 +45,18 @@ DECISION = (
 )
 
 
-def case_rows(run: Path, data: Any) -> list[dict[str, Any]]:
+def case_rows(run: Path, config: FinetuneConfig, data: Any) -> list[dict[str, Any]]:
     """Per case the run did not train on: reference presence, drawn and soft infarct (+ MVO) volume.
 
     The drawn volume counts the pixels whose arg-max is infarct or MVO; the soft volume sums those
     classes' probabilities, so it still ranks cases when a model draws no scar anywhere.
+
+    Args:
+        run: The run folder (``model.safetensors``).
+        config: The run's own config (its ``config.yaml``), which drew its k subjects.
+        data: The ``lge-seg`` data.
     """
-    config = load_yaml(run / "config.yaml")
-    split = FinetuneConfig(
-        task="lge-seg",
-        fold=config["fold"],
-        folds=config["folds"],
-        seed=config["seed"],
-        k_subjects=config["k_subjects"],
-        eval_unused=True,
-    )
-    _, cases = split_subjects(data, split)
+    _, cases = split_subjects(data, dataclasses.replace(config, eval_unused=True))
     model, _ = load_task_model(run / "model.safetensors")
     classes = list(model.task.info.classes)
     scar = [classes.index(name) for name in SCAR_CLASSES]
@@ -108,43 +105,41 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     table = []
     for run in runs:
         method, name = run.parent.name, run.name
+        config = build_config(FinetuneConfig, [run / "config.yaml"])
         cache = args.out / method / f"{name}.csv"
         started = time.perf_counter()
         if cache.is_file():
             rows = _read_cases(cache)
         else:
-            rows = case_rows(run, data)
+            rows = case_rows(run, config, data)
             write_csv(rows, cache)
         seconds = time.perf_counter() - started
-        config = load_yaml(run / "config.yaml")
         scores = presence_scores(rows)
-        k = config["k_subjects"] or "all"
+        k = config.k_subjects or "all"
         table.append(
             {
                 "task": "lge-infarct",
                 "method": method,
                 "k": k,
-                "seed": config["seed"],
+                "seed": config.seed,
                 "metric": "auroc",
                 "value": scores["auroc"],
                 "steps": 0,
                 "decision": DECISION,
-                "batch_size": config["batch_size"],
-                "image_size": config["image_size"],
-                "fold": config["fold"],
+                "batch_size": config.batch_size,
+                "image_size": config.image_size,
+                "fold": config.fold,
                 "seconds": 0.0,  # nothing trained: the segmentation's cost is via_seconds
                 "eval_seconds": round(seconds, 1),
                 "eval_unused": True,
                 "eval_subjects": len(rows),
                 "via_run": str(run),
-                "via_steps": config["steps"],
+                "via_steps": config.steps,
                 "via_seconds": float(load_card(run / "model.safetensors")["train_seconds"]),
                 **{f"m_{key}": value for key, value in scores.items()},
             }
         )
-        print(
-            f"{method} k={k} seed {config['seed']}: " + ", ".join(f"{a} {b:.3f}" for a, b in scores.items())
-        )
+        print(f"{method} k={k} seed {config.seed}: " + ", ".join(f"{a} {b:.3f}" for a, b in scores.items()))
     order = {str(k): i for i, k in enumerate([1, 2, 5, 10, 20, "all"])}
     table.sort(key=lambda r: (order.get(str(r["k"]), 99), r["seed"], r["method"]))
     write_csv(table, args.out / "fewshot.csv")

@@ -154,6 +154,7 @@ def run_fewshot(cfg: FewshotConfig, progress: bool = True) -> list[dict[str, Any
                         continue
                     finetune(run, progress=progress)
                 result = json.loads(metrics_path.read_text())
+                card = _run_card(run.out)
                 if primary not in result["metrics"]:
                     raise ConfigError(
                         f"{metrics_path}: no metric {primary!r}; "
@@ -167,14 +168,14 @@ def run_fewshot(cfg: FewshotConfig, progress: bool = True) -> list[dict[str, Any
                         "seed": seed,
                         "metric": primary,
                         "value": result["metrics"].get(primary, float("nan")),
-                        "steps": _card_value(run.out, "steps", run.steps),
+                        "steps": _card_value(card, "steps", run.steps),
                         "batch_size": run.batch_size,
                         "image_size": run.image_size,
                         "fold": run.fold,
                         "eval_unused": run.eval_unused,
-                        "eval_subjects": _card_value(run.out, "eval_subjects", float("nan")),
+                        "eval_subjects": _card_value(card, "eval_subjects", float("nan")),
                         "seconds": round(
-                            _card_value(run.out, "train_seconds", time.perf_counter() - started), 1
+                            _card_value(card, "train_seconds", time.perf_counter() - started), 1
                         ),
                         **_via_columns(cfg, method, k, seed),
                         **{f"m_{name}": v for name, v in result["metrics"].items()},
@@ -196,21 +197,26 @@ def _via_columns(cfg: FewshotConfig, method: str, k: int, seed: int) -> dict[str
     return {
         "via_run": str(seg_run),
         "via_steps": card.get("steps"),
-        "via_seconds": _card_value(str(seg_run), "train_seconds", float("nan")),
+        "via_seconds": _card_value(card, "train_seconds", float("nan")),
     }
 
 
-def _card_value(run_out: str, key: str, fallback: float) -> float:
-    """A number from the run's model card, else ``fallback``.
+def _run_card(run_out: str) -> dict[str, Any]:
+    """A run's model card (``model.json``), or an empty one when it has none readable."""
+    try:
+        card = json.loads((Path(run_out) / "model.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return card if isinstance(card, dict) else {}
+
+
+def _card_value(card: dict[str, Any], key: str, fallback: float) -> float:
+    """A number from a model card, else ``fallback``.
 
     A reused run thus keeps its training time, and ``steps`` is what a run took (0 for a head
     fitted exactly rather than by gradient steps).
     """
-    card = Path(run_out) / "model.json"
-    try:
-        value = json.loads(card.read_text())[key]
-    except (OSError, ValueError, KeyError, TypeError):
-        return fallback
+    value = card.get(key)
     return value if isinstance(value, int | float) else fallback
 
 
