@@ -88,6 +88,10 @@ def test_lge_infarct_sweep_via_an_lge_seg_sweep(tmp_path):
     assert card["transfer"]  # backbone and decoder came from the segmentation model
     with (tmp_path / "lge-infarct" / "fewshot.csv").open() as handle:
         assert next(csv.DictReader(handle))["via_run"] == str(seg_run)
+    # collected without eval_unused=true, the row still says how the run was evaluated
+    collect = _sweep(tmp_path, "lge-infarct", ["scratch"])
+    collect.via, collect.train_missing = seg.out, False
+    assert run_fewshot(collect, progress=False)[0]["eval_unused"] is True
 
 
 def test_via_errors_name_what_is_wrong(tmp_path):

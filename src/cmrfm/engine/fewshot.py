@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 from cmrfm.engine.checkpoint import load_card
 from cmrfm.engine.finetune import FinetuneConfig, build_task, finetune, split_subjects
@@ -172,7 +173,7 @@ def run_fewshot(cfg: FewshotConfig, progress: bool = True) -> list[dict[str, Any
                         "batch_size": run.batch_size,
                         "image_size": run.image_size,
                         "fold": run.fold,
-                        "eval_unused": run.eval_unused,
+                        "eval_unused": _run_eval_unused(run.out, run.eval_unused),
                         "eval_subjects": _card_value(card, "eval_subjects", float("nan")),
                         "seconds": round(
                             _card_value(card, "train_seconds", time.perf_counter() - started), 1
@@ -208,6 +209,20 @@ def _run_card(run_out: str) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return card if isinstance(card, dict) else {}
+
+
+def _run_eval_unused(run_out: str, fallback: bool) -> bool:
+    """Whether a finished run was evaluated on every subject it left out, from its ``config.yaml``.
+
+    A sweep collected with other keys (``--collect-only`` without ``eval_unused=true``, or one
+    ``k = all`` whose runs cannot take it) still reports how each run was evaluated.
+    """
+    try:
+        saved = yaml.safe_load((Path(run_out) / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return fallback
+    value = saved.get("eval_unused") if isinstance(saved, dict) else None
+    return value if isinstance(value, bool) else fallback
 
 
 def _card_value(card: dict[str, Any], key: str, fallback: float) -> float:
