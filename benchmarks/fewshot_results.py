@@ -77,14 +77,24 @@ def _budget(row: dict[str, str]) -> str:
 
 
 def _evaluated_on(rows: list[dict[str, str]]) -> str:
-    """Which subjects the runs were evaluated on (``eval_unused`` widens it beyond the fold)."""
-    if rows[0].get("eval_unused") != "True":
+    """Which subjects the runs were evaluated on (``eval_unused`` widens it beyond the fold).
+
+    A sweep can mix both (``k = all`` leaves out only the held-out fold): each set names its k.
+    """
+    unused = [r for r in rows if r.get("eval_unused") == "True"]
+    if not unused:
         return "that fold's held-out subjects"
-    counts = sorted({int(float(r["eval_subjects"])) for r in rows})
-    return (
+    counts = sorted({int(float(r["eval_subjects"])) for r in unused})
+    span = f"{counts[0]}-{counts[-1]}" if counts[0] != counts[-1] else f"{counts[0]}"
+    text = (
         "every subject the run did not train on (`eval_unused=true`: the held-out fold plus the rest "
-        f"of its training part, {counts[0]}-{counts[-1]} subjects)"
+        f"of its training part, {span} subjects)"
     )
+    if len(unused) == len(rows):
+        return text
+    ks = ", ".join(dict.fromkeys(r["k"] for r in unused))
+    fold_ks = ", ".join(dict.fromkeys(r["k"] for r in rows if r.get("eval_unused") != "True"))
+    return f"{text} at k = {ks}, and that fold's held-out subjects at k = {fold_ks}"
 
 
 def _via_line(rows: list[dict[str, str]]) -> list[str]:

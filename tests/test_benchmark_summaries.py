@@ -70,6 +70,11 @@ def test_fewshot_summary_pairs_seeds_and_tolerates_a_partial_sweep():
     wide = script.section(rows, Path("sweep"), "p.png")
     assert "the head fitted exactly (no gradient steps) at 128 px" in wide
     assert "every subject the run did not train on (`eval_unused=true`" in wide and "89-98 subjects" in wide
+    # k = all leaves out only the held-out fold: a mixed sweep names the k of each set
+    mixed = [dict(r, k="all", eval_unused="False", eval_subjects="20") for r in rows[:3]] + rows[3:]
+    assert "90-95 subjects) at k = 1, and that fold's held-out subjects at k = all" in script.section(
+        mixed, Path("sweep"), "p.png"
+    )
     # a second sweep of the same task (another budget) keeps the first one's section and plot
     assert script.section_names("sax-seg") == (
         "Few-shot label efficiency: sax-seg (`cmrfm fewshot`)",
