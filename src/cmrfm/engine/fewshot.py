@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
+from cmrfm.config import build_config
 from cmrfm.engine.checkpoint import load_card
 from cmrfm.engine.finetune import FinetuneConfig, build_task, finetune, split_subjects
 from cmrfm.errors import ConfigError
@@ -156,6 +156,7 @@ def run_fewshot(cfg: FewshotConfig, progress: bool = True) -> list[dict[str, Any
                     finetune(run, progress=progress)
                 result = json.loads(metrics_path.read_text())
                 card = _run_card(run.out)
+                saved = _saved_run(run)
                 if primary not in result["metrics"]:
                     raise ConfigError(
                         f"{metrics_path}: no metric {primary!r}; "
@@ -170,10 +171,10 @@ def run_fewshot(cfg: FewshotConfig, progress: bool = True) -> list[dict[str, Any
                         "metric": primary,
                         "value": result["metrics"].get(primary, float("nan")),
                         "steps": _card_value(card, "steps", run.steps),
-                        "batch_size": run.batch_size,
-                        "image_size": run.image_size,
-                        "fold": run.fold,
-                        "eval_unused": _run_eval_unused(run.out, run.eval_unused),
+                        "batch_size": saved.batch_size,
+                        "image_size": saved.image_size,
+                        "fold": saved.fold,
+                        "eval_unused": saved.eval_unused,
                         "eval_subjects": _card_value(card, "eval_subjects", float("nan")),
                         "seconds": round(
                             _card_value(card, "train_seconds", time.perf_counter() - started), 1
@@ -211,18 +212,15 @@ def _run_card(run_out: str) -> dict[str, Any]:
     return card if isinstance(card, dict) else {}
 
 
-def _run_eval_unused(run_out: str, fallback: bool) -> bool:
-    """Whether a finished run was evaluated on every subject it left out, from its ``config.yaml``.
+def _saved_run(run: FinetuneConfig) -> FinetuneConfig:
+    """The config a finished run was trained and evaluated with (its ``config.yaml``), else ``run``.
 
-    A sweep collected with other keys (``--collect-only`` without ``eval_unused=true``, or one
-    ``k = all`` whose runs cannot take it) still reports how each run was evaluated.
+    A row describes its run, not the collecting command: a sweep collected with other keys
+    (``--collect-only`` without ``eval_unused=true``, or a ``k = all`` run that cannot take it)
+    still reports each run's own budget and evaluation set.
     """
-    try:
-        saved = yaml.safe_load((Path(run_out) / "config.yaml").read_text())
-    except (OSError, yaml.YAMLError):
-        return fallback
-    value = saved.get("eval_unused") if isinstance(saved, dict) else None
-    return value if isinstance(value, bool) else fallback
+    saved = Path(run.out) / "config.yaml"
+    return build_config(FinetuneConfig, [saved]) if saved.is_file() else run
 
 
 def _card_value(card: dict[str, Any], key: str, fallback: float) -> float:
