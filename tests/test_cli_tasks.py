@@ -38,6 +38,14 @@ def test_finetune_then_evaluate_then_fewshot(tmp_path, capsys):
     assert "skipping the 'pretrained' method" in out and (sweep / "fewshot.png").is_file()
     rows = (sweep / "fewshot.csv").read_text().splitlines()
     assert len(rows) == 1 + 2 * 2  # scratch and baseline, k=1 and all, one seed
+    # --start METHOD=WEIGHTS: malformed, and a start that contradicts its method, are one-line errors
+    one = ["fewshot", "--task", "sax-seg", "--k", "1", "--seeds", "1", "--out", str(tmp_path / "s2")]
+    assert main([*one, "--methods", "scratch", "--start", "scratch"]) == 2
+    assert "expected METHOD=WEIGHTS" in capsys.readouterr().err
+    start = ["--methods", "pretrained", "--start", f"pretrained={weights}"]
+    assert main([*one, *start, "synthetic=true", *TINY]) == 2
+    err = capsys.readouterr().err  # a start is weights enough for 'pretrained': not skipped, checked
+    assert "must not come from random weights" in err and "Traceback" not in err
 
 
 def test_finetune_bad_override_is_one_line(capsys):

@@ -173,6 +173,13 @@ def fewshot(
         "segmentation run of its method, k and seed (disease-cls: features of its masks; "
         "lge-infarct: its scar). --init is then not needed.",
     ),
+    start: list[str] = typer.Option(
+        None,
+        "--start",
+        help="METHOD=WEIGHTS: that method (pretrained or scratch) starts from these weights instead "
+        "of its default, e.g. a sax-seg model trained from the backbone / from scratch "
+        "({seed} = the run's seed). Repeatable.",
+    ),
     overrides: list[str] = typer.Argument(None, help=_KV_HELP + " Applied to every run."),
 ) -> None:
     """Label-efficiency sweep: pretrained vs scratch vs baseline over k labelled subjects and seeds."""
@@ -180,7 +187,13 @@ def fewshot(
 
     ks = [0 if v.strip() == "all" else int(v) for v in k.split(",") if v.strip()]
     chosen = [m.strip() for m in methods.split(",") if m.strip()]
-    if init is None and "pretrained" in chosen and via is None:
+    inits: dict[str, str] = {}
+    for item in start or []:
+        method, sep, weights = item.partition("=")
+        if not sep or not weights:
+            raise typer.BadParameter(f"{item!r}: expected METHOD=WEIGHTS", param_hint="--start")
+        inits[method.strip()] = weights.strip()
+    if init is None and "pretrained" in chosen and via is None and "pretrained" not in inits:
         chosen.remove("pretrained")
         typer.echo("no --init given: skipping the 'pretrained' method")
     base = _finetune_config(task, init, None, [], overrides)
@@ -194,6 +207,7 @@ def fewshot(
             metric=metric,
             train_missing=not collect_only,
             via=str(via) if via else "",
+            inits=inits,
         )
     )
     for method, by_k in summarise(rows).items():

@@ -11,6 +11,13 @@ works from the segmentation run of its method, k and seed: the product's route f
 head decides from drawn masks (``disease-cls`` from the shape and function of the predicted ED/ES
 masks, ``lge-infarct`` from the scar the ``lge-seg`` decoder draws). The method then names the
 segmentation model the labelled subjects trained; both runs use the same k subjects (checked).
+
+With ``inits`` a method starts from other weights than its default: e.g. ``pretrained`` from a
+``sax-seg`` model fine-tuned from the backbone and ``scratch`` from one trained on the same cine
+labels from random weights, for the product's route to a task with few labels of its own (an
+``lge-seg`` that starts from the cine segmentation). The method's name then still says whether
+self-supervised pretraining is in the chain: a ``scratch`` start must itself have been trained
+from scratch, a ``pretrained`` one must not (checked on their model cards).
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import numpy as np
 
 from cmrfm.config import build_config
 from cmrfm.engine.checkpoint import load_card
-from cmrfm.engine.finetune import FinetuneConfig, build_task, finetune, split_subjects
+from cmrfm.engine.finetune import TASK_MODEL_FORMAT, FinetuneConfig, build_task, finetune, split_subjects
 from cmrfm.errors import ConfigError
 from cmrfm.tasks import TASKS
 
@@ -51,6 +58,9 @@ class FewshotConfig:
             finished ones (the CSV and plot of a stopped sweep, or of one split over processes).
         via: A finished segmentation sweep folder (``<via>/<method>/k<k>_s<seed>/model.safetensors``)
             whose runs this sweep's runs work from (see the module docstring); empty = none.
+        inits: Start weights per method (``pretrained`` or ``scratch``) in place of the default
+            (``base.init``, random): a task model (``{seed}`` in the path = the run's seed, so
+            each seed starts from its own model) or a backbone; see the module docstring.
     """
 
     ks: list[int] = field(default_factory=lambda: [1, 2, 5, 10, 20, 0])
@@ -61,6 +71,7 @@ class FewshotConfig:
     metric: str = ""
     train_missing: bool = True
     via: str = ""
+    inits: dict[str, str] = field(default_factory=dict)
 
 
 def _run_name(k: int, seed: int) -> str:
@@ -74,6 +85,8 @@ def _run_config(cfg: FewshotConfig, method: str, k: int, seed: int) -> FinetuneC
         raise ConfigError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
     if cfg.via:
         return _via_config(cfg, run, method)
+    if method in cfg.inits:
+        return dataclasses.replace(run, model="vit", init=_method_init(cfg, method, seed))
     if method == "pretrained":
         if not cfg.base.init:
             raise ConfigError("method 'pretrained' needs base.init=<backbone.safetensors>")
@@ -81,6 +94,28 @@ def _run_config(cfg: FewshotConfig, method: str, k: int, seed: int) -> FinetuneC
     if method == "scratch":
         return dataclasses.replace(run, model="vit", init=None)
     return dataclasses.replace(run, model="baseline", init=None, mode="full")
+
+
+def _method_init(cfg: FewshotConfig, method: str, seed: int) -> str:
+    """The start weights ``cfg.inits`` gives ``method`` for ``seed``, checked against its name.
+
+    Raises:
+        ConfigError: The method cannot take other weights (``baseline``), the file is missing, or
+            its card contradicts the method (a ``scratch`` start fine-tuned from a backbone).
+    """
+    if method == "baseline":
+        raise ConfigError("inits: the baseline trains from scratch; starts are for pretrained or scratch")
+    path = Path(cfg.inits[method].replace("{seed}", str(seed)))
+    if not path.is_file():
+        raise ConfigError(f"inits.{method}: {path} does not exist")
+    card = load_card(path)
+    started = str(card.get("init", "")) if card.get("format") == TASK_MODEL_FORMAT else "backbone"
+    if (method == "scratch") != (started == "scratch"):
+        raise ConfigError(
+            f"inits.{method}: {path} was trained from {started or 'an unknown start'!r}; a {method} start "
+            f"must {'' if method == 'scratch' else 'not '}come from random weights"
+        )
+    return str(path)
 
 
 def _via_run(cfg: FewshotConfig, method: str, k: int, seed: int) -> tuple[Path, dict[str, Any]]:
@@ -176,6 +211,7 @@ def run_fewshot(cfg: FewshotConfig, progress: bool = True) -> list[dict[str, Any
                         "fold": saved.fold,
                         "eval_unused": saved.eval_unused,
                         "eval_subjects": _card_value(card, "eval_subjects", float("nan")),
+                        "init": run.init or "",
                         "seconds": round(
                             _card_value(card, "train_seconds", time.perf_counter() - started), 1
                         ),
