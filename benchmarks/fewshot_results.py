@@ -111,6 +111,19 @@ def _via_line(rows: list[dict[str, str]]) -> list[str]:
     ]
 
 
+def _start_line(rows: list[dict[str, str]]) -> list[str]:
+    """For a sweep whose methods start from given weights (``--start``): each method's start."""
+    if not any(r.get("init") for r in rows if r["method"] == "scratch"):
+        return []
+    starts = []
+    for method in dict.fromkeys(r["method"] for r in rows):
+        inits = list(dict.fromkeys(r.get("init", "") for r in rows if r["method"] == method))
+        shown = f"`{'/'.join(Path(inits[0]).parts[-4:])}`" if inits[0] else "random weights"
+        per_seed = f" (one per seed, {len(inits)} in all)" if len(inits) > 1 else ""
+        starts.append(f"{method} from {shown}{per_seed}")
+    return [f"Start weights (`--start`): {'; '.join(starts)}."]
+
+
 def section(rows: list[dict[str, str]], sweep: Path, plot_name: str, extra: tuple[str, ...] = ()) -> str:
     """The markdown body: budget, table (and one per ``extra`` metric), paired gains, plot."""
     methods, ks, _ = summarise(rows)
@@ -124,6 +137,7 @@ def section(rows: list[dict[str, str]], sweep: Path, plot_name: str, extra: tupl
         f"stratified) from the training part of fold {first['fold']}, evaluated on {_evaluated_on(rows)}; "
         f"metric `{first['metric']}` (mean ± sd over seeds, n = seeds finished).",
         *_via_line(rows),
+        *_start_line(rows),
         "",
         *_table(rows, "value"),
     ]

@@ -75,6 +75,21 @@ def test_fewshot_summary_pairs_seeds_and_tolerates_a_partial_sweep():
     assert "90-95 subjects) at k = 1, and that fold's held-out subjects at k = all" in script.section(
         mixed, Path("sweep"), "p.png"
     )
+    assert "--start" not in wide
+    # methods that start from given weights (--start) name them, one per seed
+    for row in rows:
+        start = (
+            ""
+            if row["method"] == "baseline"
+            else f"/x/sax/{row['method']}/kall_s{row['seed']}/model.safetensors"
+        )
+        row["init"] = start
+    started = script.section(rows, Path("sweep"), "p.png")
+    assert (
+        "Start weights (`--start`): pretrained from `sax/pretrained/kall_s0/model.safetensors` (one per "
+        "seed, 3 in all); scratch from `sax/scratch/kall_s0/model.safetensors` (one per seed, 2 in all); "
+        "baseline from random weights."
+    ) in started
     # a second sweep of the same task (another budget) keeps the first one's section and plot
     assert script.section_names("sax-seg") == (
         "Few-shot label efficiency: sax-seg (`cmrfm fewshot`)",
