@@ -112,8 +112,8 @@ def _via_line(rows: list[dict[str, str]]) -> list[str]:
 
 
 def _start_line(rows: list[dict[str, str]]) -> list[str]:
-    """For a sweep whose methods start from given weights (``--start``): each method's start."""
-    if not any(r.get("init") for r in rows if r["method"] == "scratch"):
+    """Each method's start weights (``--init``, ``--start``); a ``--via`` sweep names its runs instead."""
+    if rows[0].get("via_run") or not any(r.get("init") for r in rows):
         return []
     starts = []
     for method in dict.fromkeys(r["method"] for r in rows):
@@ -121,7 +121,7 @@ def _start_line(rows: list[dict[str, str]]) -> list[str]:
         shown = f"`{'/'.join(Path(inits[0]).parts[-4:])}`" if inits[0] else "random weights"
         per_seed = f" (one per seed, {len(inits)} in all)" if len(inits) > 1 else ""
         starts.append(f"{method} from {shown}{per_seed}")
-    return [f"Start weights (`--start`): {'; '.join(starts)}."]
+    return [f"Start weights: {'; '.join(starts)}."]
 
 
 def section(rows: list[dict[str, str]], sweep: Path, plot_name: str, extra: tuple[str, ...] = ()) -> str:

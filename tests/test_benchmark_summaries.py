@@ -75,7 +75,7 @@ def test_fewshot_summary_pairs_seeds_and_tolerates_a_partial_sweep():
     assert "90-95 subjects) at k = 1, and that fold's held-out subjects at k = all" in script.section(
         mixed, Path("sweep"), "p.png"
     )
-    assert "--start" not in wide
+    assert "Start weights" not in wide
     # methods that start from given weights (--start) name them, one per seed
     for row in rows:
         start = (
@@ -83,10 +83,10 @@ def test_fewshot_summary_pairs_seeds_and_tolerates_a_partial_sweep():
             if row["method"] == "baseline"
             else f"/x/sax/{row['method']}/kall_s{row['seed']}/model.safetensors"
         )
-        row["init"] = start
+        row.update(init=start, via_run="")  # a --via sweep's rows name their via runs instead
     started = script.section(rows, Path("sweep"), "p.png")
     assert (
-        "Start weights (`--start`): pretrained from `sax/pretrained/kall_s0/model.safetensors` (one per "
+        "Start weights: pretrained from `sax/pretrained/kall_s0/model.safetensors` (one per "
         "seed, 3 in all); scratch from `sax/scratch/kall_s0/model.safetensors` (one per seed, 2 in all); "
         "baseline from random weights."
     ) in started

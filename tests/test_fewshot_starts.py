@@ -6,7 +6,7 @@ import pytest
 from tiny import TINY, tiny_config
 
 from cmrfm.engine.checkpoint import load_card
-from cmrfm.engine.fewshot import FewshotConfig, run_fewshot
+from cmrfm.engine.fewshot import FewshotConfig, _chain_origin, run_fewshot
 from cmrfm.engine.finetune import finetune
 from cmrfm.errors import ConfigError
 from cmrfm.models.factory import build_backbone, save_backbone
@@ -71,3 +71,22 @@ def test_a_start_must_match_the_name_of_its_method(tmp_path):
     with pytest.raises(ConfigError, match="baseline trains from scratch"):
         sweep("baseline", starts["scratch"])
     assert not (tmp_path / "bad").exists() or not any((tmp_path / "bad").rglob("model.safetensors"))
+    # a start given for a method the sweep does not run, or beside --via, is an error, not ignored
+    cfg = FewshotConfig(ks=[1], seeds=1, methods=["scratch"], out=str(tmp_path / "bad"), base=base)
+    cfg.inits = {"pretrained": starts["pretrained"]}
+    with pytest.raises(
+        ConfigError, match=r"inits for pretrained: not among this sweep's methods \(scratch\)"
+    ):
+        run_fewshot(cfg, progress=False)
+    cfg.inits, cfg.via = {"scratch": starts["scratch"]}, str(tmp_path / "seg")
+    with pytest.raises(ConfigError, match="inits and via both set the start"):
+        run_fewshot(cfg, progress=False)
+
+
+def test_chain_origin_reads_through_nested_starts():
+    """A model started from a model started from random weights is still a scratch chain."""
+    assert _chain_origin("scratch") == "scratch"
+    assert _chain_origin("mae") == "mae"
+    assert _chain_origin("sax-seg (scratch)") == "scratch"
+    assert _chain_origin("lge-seg (sax-seg (scratch))") == "scratch"
+    assert _chain_origin("lge-seg (sax-seg (mae))") == "mae"

@@ -109,13 +109,24 @@ def _method_init(cfg: FewshotConfig, method: str, seed: int) -> str:
     if not path.is_file():
         raise ConfigError(f"inits.{method}: {path} does not exist")
     card = load_card(path)
-    started = str(card.get("init", "")) if card.get("format") == TASK_MODEL_FORMAT else "backbone"
+    started = (
+        _chain_origin(str(card.get("init", ""))) if card.get("format") == TASK_MODEL_FORMAT else "backbone"
+    )
     if (method == "scratch") != (started == "scratch"):
         raise ConfigError(
             f"inits.{method}: {path} was trained from {started or 'an unknown start'!r}; a {method} start "
             f"must {'' if method == 'scratch' else 'not '}come from random weights"
         )
     return str(path)
+
+
+def _chain_origin(init: str) -> str:
+    """Where a task model's chain of starts began: ``"lge-seg (sax-seg (scratch))"`` -> ``"scratch"``.
+
+    A task model started from another one records ``"<task> (<that model's init>)"``, so the
+    innermost name is the first start: random weights (``scratch``) or a backbone's objective.
+    """
+    return init.rstrip(")").rpartition("(")[2].strip()
 
 
 def _via_run(cfg: FewshotConfig, method: str, k: int, seed: int) -> tuple[Path, dict[str, Any]]:
@@ -173,6 +184,12 @@ def run_fewshot(cfg: FewshotConfig, progress: bool = True) -> list[dict[str, Any
     """Runs (or reuses) every run of the sweep and writes the CSV and the plot."""
     if not cfg.base.task:
         raise ConfigError("no task given: set base.task=<id>")
+    if cfg.inits and cfg.via:
+        raise ConfigError("inits and via both set the start of each run: give one of them")
+    if unused := sorted(set(cfg.inits) - set(cfg.methods)):
+        raise ConfigError(
+            f"inits for {', '.join(unused)}: not among this sweep's methods ({', '.join(cfg.methods)})"
+        )
     primary = cfg.metric or TASKS.get(cfg.base.task).info.metric
     if cfg.via and cfg.train_missing:
         _run_config(cfg, cfg.methods[0], cfg.ks[0], 0)  # raises unless the task works from this model
