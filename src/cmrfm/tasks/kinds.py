@@ -175,10 +175,9 @@ def per_slice_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float =
     inter = (probs * onehot).sum(dims)  # (B, C)
     target_sum = onehot.sum(dims)  # (B, C)
     dice = (2 * inter + eps) / (probs.sum(dims) + target_sum + eps)  # (B, C)
-    present = target_sum[:, 1:] > 0  # (B, C - 1)
-    if not present.any():
-        return logits.sum() * 0.0
-    return 1 - dice[:, 1:][present].mean()
+    present = (target_sum[:, 1:] > 0).float()  # (B, C - 1)
+    # masked mean without a data-dependent branch (no graph break under torch.compile)
+    return (present * (1 - dice[:, 1:])).sum() / present.sum().clamp(min=1.0)
 
 
 def _backbone_features(backbone: nn.Module, images: torch.Tensor):
