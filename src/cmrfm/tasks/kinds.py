@@ -147,14 +147,28 @@ class TestTimeView:
         return torch.flip(x, self.flip) if self.flip else x
 
 
-def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """1 − mean soft Dice over foreground classes; ``logits`` ``(B, C, H, W)``, ``target`` ``(B, H, W)``."""
+def _soft_dice(
+    logits: torch.Tensor, target: torch.Tensor, dims: tuple[int, ...], eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Soft Dice per class summed over ``dims``, and the target's pixel count over the same dims.
+
+    Args:
+        logits: ``(B, C, H, W)`` class scores.
+        target: ``(B, H, W)`` class indices.
+        dims: Axes of ``(B, C, H, W)`` pooled into one Dice: ``(0, 2, 3)`` per class over the batch,
+            ``(2, 3)`` per slice and class.
+        eps: Smoothing of the ratio.
+    """
     probs = torch.softmax(logits.float(), dim=1)
     onehot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).float()  # (B, C, H, W)
-    dims = (0, 2, 3)
     inter = (probs * onehot).sum(dims)
-    denom = probs.sum(dims) + onehot.sum(dims)
-    dice = (2 * inter + eps) / (denom + eps)  # (C,)
+    target_sum = onehot.sum(dims)
+    return (2 * inter + eps) / (probs.sum(dims) + target_sum + eps), target_sum
+
+
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """1 − mean soft Dice over foreground classes; ``logits`` ``(B, C, H, W)``, ``target`` ``(B, H, W)``."""
+    dice, _ = _soft_dice(logits, target, (0, 2, 3), eps)  # (C,)
     return 1 - dice[1:].mean()
 
 
@@ -169,12 +183,7 @@ def per_slice_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float =
     Returns:
         A scalar; 0 when no slice of the batch holds any foreground class.
     """
-    probs = torch.softmax(logits.float(), dim=1)
-    onehot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).float()  # (B, C, H, W)
-    dims = (2, 3)
-    inter = (probs * onehot).sum(dims)  # (B, C)
-    target_sum = onehot.sum(dims)  # (B, C)
-    dice = (2 * inter + eps) / (probs.sum(dims) + target_sum + eps)  # (B, C)
+    dice, target_sum = _soft_dice(logits, target, (2, 3), eps)  # (B, C) each
     present = (target_sum[:, 1:] > 0).float()  # (B, C - 1)
     # masked mean without a data-dependent branch (no graph break under torch.compile)
     return (present * (1 - dice[:, 1:])).sum() / present.sum().clamp(min=1.0)
